@@ -1,0 +1,7 @@
+//! hbr-source-agent: probes storage endpoints and registers those that pass as Alibaba Cloud
+//! HBR data sources of this host's client group, and keeps them in sync.
+
+pub mod config;
+pub mod hbr;
+pub mod probe;
+pub mod secret;

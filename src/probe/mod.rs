@@ -1,0 +1,214 @@
+//! Probes: confirm, in user space and before anything is registered, that this host can reach
+//! and read a source with the configured credentials. Layers run in order and stop at the
+//! first failure: `resolve` → `connect` → `handshake` → `auth` → `access`.
+//!
+//! How to add a kind:
+//! 1. a module here with `pub async fn probe(name, spec, &mut Recorder)`, one arm in
+//!    [`probe_source`]'s `match`;
+//! 2. its failure codes in [`codes`] (summary and remedy: `explain` and docs read them there);
+//! 3. tests in `tests/` against a real server, started by `scripts/`;
+//! 4. a page in `docs/`, an example in `config/`.
+//!
+//! A probe never panics on what a server sends, never logs a secret, and keeps to its deadline:
+//! [`probe_source`] bounds every probe as a whole, so one hung endpoint costs only its own.
+
+pub mod codes;
+pub mod filesystem;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::config::{Source, SourceSpec};
+pub use codes::Code;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Layer {
+    Resolve,
+    Connect,
+    Handshake,
+    Auth,
+    Access,
+}
+
+impl Layer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Resolve => "resolve",
+            Layer::Connect => "connect",
+            Layer::Handshake => "handshake",
+            Layer::Auth => "auth",
+            Layer::Access => "access",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerReport {
+    pub layer: Layer,
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+    pub ok: bool,
+    /// What this layer found ("ext4 mounted at /mnt/data") or, on failure, the reason.
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    pub code: Code,
+    /// One line: what failed and what the other side said.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProbeReport {
+    pub source: String,
+    pub kind: &'static str,
+    pub layers: Vec<LayerReport>,
+    /// Set when the probe failed; the source must not be registered.
+    pub failure: Option<Finding>,
+    /// Problems that do not fail the probe.
+    pub warnings: Vec<Finding>,
+    /// Facts worth showing (file system type, negotiated dialect, active NameNode, …).
+    pub facts: BTreeMap<String, String>,
+    #[serde(serialize_with = "ser_secs")]
+    pub duration: Duration,
+}
+
+impl ProbeReport {
+    pub fn passed(&self) -> bool {
+        self.failure.is_none()
+    }
+}
+
+fn ser_secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1e6).round() / 1e6)
+}
+
+/// Collects layer results as a probe runs; probes report through it and return early with `?`
+/// on the first failure.
+#[derive(Debug)]
+pub struct Recorder {
+    layers: Vec<LayerReport>,
+    warnings: Vec<Finding>,
+    facts: BTreeMap<String, String>,
+    current: Option<(Layer, Instant)>,
+}
+
+/// A probe's failure: the code and one-line reason (the layer is the one that was running).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failed(pub Finding);
+
+impl Failed {
+    pub fn new(code: Code, reason: impl Into<String>) -> Self {
+        Failed(Finding {
+            code,
+            reason: reason.into(),
+        })
+    }
+}
+
+impl Recorder {
+    fn new() -> Self {
+        Recorder {
+            layers: Vec::new(),
+            warnings: Vec::new(),
+            facts: BTreeMap::new(),
+            current: None,
+        }
+    }
+
+    /// Start a layer (ending the previous one as passed, with no detail, if still open).
+    pub fn start(&mut self, layer: Layer) {
+        if self.current.is_some() {
+            self.pass("");
+        }
+        self.current = Some((layer, Instant::now()));
+    }
+
+    /// End the current layer as passed.
+    pub fn pass(&mut self, detail: impl Into<String>) {
+        if let Some((layer, t0)) = self.current.take() {
+            self.layers.push(LayerReport {
+                layer,
+                duration: t0.elapsed(),
+                ok: true,
+                detail: detail.into(),
+            });
+        }
+    }
+
+    fn fail(&mut self, finding: &Finding) {
+        if let Some((layer, t0)) = self.current.take() {
+            self.layers.push(LayerReport {
+                layer,
+                duration: t0.elapsed(),
+                ok: false,
+                detail: finding.reason.clone(),
+            });
+        }
+    }
+
+    pub fn warn(&mut self, code: Code, reason: impl Into<String>) {
+        self.warnings.push(Finding {
+            code,
+            reason: reason.into(),
+        });
+    }
+
+    pub fn fact(&mut self, key: impl Into<String>, value: impl Into<String>) {
+        self.facts.insert(key.into(), value.into());
+    }
+}
+
+/// Probe one source under `deadline` (all layers together).
+pub async fn probe_source(source: &Source, deadline: Duration) -> ProbeReport {
+    let t0 = Instant::now();
+    let mut rec = Recorder::new();
+    let run = async {
+        match &source.spec {
+            SourceSpec::Filesystem(spec) => filesystem::probe(spec, &mut rec).await,
+            other => {
+                rec.start(Layer::Resolve);
+                Err(Failed::new(
+                    Code::PROBE_NOT_IMPLEMENTED,
+                    format!(
+                        "this build cannot probe [{}] sources yet; the source is not registered",
+                        other.kind()
+                    ),
+                ))
+            }
+        }
+    };
+    let result = match tokio::time::timeout(deadline, run).await {
+        Ok(r) => r,
+        Err(_) => Err(Failed::new(
+            Code::PROBE_TIMEOUT,
+            format!(
+                "the probe did not finish within probe_timeout ({})",
+                humantime::format_duration(deadline)
+            ),
+        )),
+    };
+    let failure = match result {
+        Ok(()) => {
+            rec.pass("");
+            None
+        }
+        Err(Failed(finding)) => {
+            rec.fail(&finding);
+            Some(finding)
+        }
+    };
+    ProbeReport {
+        source: source.name.clone(),
+        kind: source.spec.kind(),
+        layers: rec.layers,
+        failure,
+        warnings: rec.warnings,
+        facts: rec.facts,
+        duration: t0.elapsed(),
+    }
+}
