@@ -1,7 +1,12 @@
 //! hbr-source-agent: probes storage endpoints and registers those that pass as Alibaba Cloud
 //! HBR data sources of this host's client group, and keeps them in sync.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
+pub mod desired;
 pub mod hbr;
 pub mod probe;
+pub mod reconcile;
 pub mod secret;
+pub mod state;

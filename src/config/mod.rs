@@ -7,3 +7,8 @@ pub mod model;
 
 pub use diag::{ConfigErrors, Diagnostic, Severity};
 pub use model::*;
+
+// TEMPORARY stub until the loader lands.
+pub fn load(_main: &std::path::Path) -> Result<Config, ConfigErrors> {
+    todo!()
+}

@@ -2,6 +2,7 @@
 //! client with retries, and the three actions the agent uses. Owns every byte sent to HBR;
 //! never logs a secret, a signature or a Credential parameter.
 
+pub mod client;
 pub mod sign;
 
 use std::collections::BTreeMap;

@@ -61,6 +61,10 @@ catalogue! {
         "Warning: the path is on the root file system, which allow_root_fs permits.",
         "Nothing to do if that is intended; otherwise mount the large file system and remove \
          allow_root_fs.";
+    PATH_EMPTY =>
+        "Warning: the directory is empty.",
+        "An empty mount point usually means the file system is not mounted or the wrong path \
+         is configured; HBR would back up nothing. Check findmnt PATH and ls PATH.";
     DNS_NOT_FOUND =>
         "The host name does not resolve.",
         "Check the name and this host's resolver (resolvectl query NAME, /etc/resolv.conf). \
@@ -111,13 +115,21 @@ mod tests {
         for info in CATALOGUE {
             assert!(seen.insert(info.code.0), "duplicate {}", info.code);
             assert!(!info.summary.is_empty() && !info.remedy.is_empty());
-            assert!(info.code.0.chars().all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit()));
+            assert!(
+                info.code
+                    .0
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c == '_' || c.is_ascii_digit())
+            );
         }
     }
 
     #[test]
     fn lookup_is_case_insensitive() {
-        assert_eq!(Code::lookup("path_not_mounted").unwrap().code, Code::PATH_NOT_MOUNTED);
+        assert_eq!(
+            Code::lookup("path_not_mounted").unwrap().code,
+            Code::PATH_NOT_MOUNTED
+        );
         assert!(Code::lookup("NO_SUCH_CODE").is_none());
     }
 }

@@ -1,0 +1,537 @@
+//! One reconcile pass (DESIGN.md §4): read HBR's view, probe every desired source, then per
+//! source add / update / leave in sync / report the probe failure, and report sources this
+//! agent registered that left the config (orphaned, never removed). `plan` runs the same pass
+//! without writing anything.
+//!
+//! Invariants: a source whose probe failed is never added or updated; a name is looked up in
+//! HBR before any add (so a lost state file never duplicates); an uncertain add is resolved by
+//! describing again, never by adding again; state is saved after every change HBR accepted.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt as _;
+use serde::Serialize;
+
+use crate::config::{Config, Source};
+use crate::desired;
+use crate::hbr::{DataSourceRequest, RemoteDataSource};
+use crate::probe::{self, ProbeReport};
+use crate::state::{ProbeSummary, SourceState, State, StateStore};
+
+/// What the reconciler needs from HBR. The real client implements it; unit tests use a map.
+pub trait Registry {
+    type Error: std::fmt::Display;
+
+    /// True when the request may or may not have taken effect (sent, then no answer).
+    fn outcome_unknown(err: &Self::Error) -> bool;
+
+    fn describe(
+        &self,
+        cluster_id: &str,
+    ) -> impl Future<Output = Result<Vec<RemoteDataSource>, Self::Error>> + Send;
+
+    /// Returns (DataSourceId, RequestId).
+    fn add(
+        &self,
+        req: &DataSourceRequest,
+    ) -> impl Future<Output = Result<(String, String), Self::Error>> + Send;
+
+    /// Returns the RequestId.
+    fn update(
+        &self,
+        data_source_id: &str,
+        req: &DataSourceRequest,
+    ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Compute what would change; write nothing, call nothing but DescribeDataSources.
+    Plan,
+    Apply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Plan: would call AddDataSource.
+    Add,
+    /// Plan: would call UpdateDataSource.
+    Update,
+    Added,
+    Updated,
+    InSync,
+    /// Not registered or updated: the probe failed.
+    ProbeFailed,
+    /// Registered by this agent, no longer in the config; left in HBR.
+    Orphaned,
+    /// HBR holds something under this name that the agent will not touch.
+    Conflict,
+    /// HBR refused or could not be reached.
+    Failed,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Add => "add",
+            Outcome::Update => "update",
+            Outcome::Added => "added",
+            Outcome::Updated => "updated",
+            Outcome::InSync => "in_sync",
+            Outcome::ProbeFailed => "probe_failed",
+            Outcome::Orphaned => "orphaned",
+            Outcome::Conflict => "conflict",
+            Outcome::Failed => "failed",
+        }
+    }
+
+    pub fn is_change(self) -> bool {
+        matches!(
+            self,
+            Outcome::Add | Outcome::Update | Outcome::Added | Outcome::Updated
+        )
+    }
+
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            Outcome::ProbeFailed | Outcome::Conflict | Outcome::Failed
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceResult {
+    pub name: String,
+    /// Config kind (`nas`, `filesystem`, …); empty for an orphan.
+    pub kind: &'static str,
+    pub data_source_type: String,
+    pub outcome: Outcome,
+    pub data_source_id: Option<String>,
+    /// Why: the update reasons, the conflict, the error (HBR Code, Message, RequestId).
+    pub detail: String,
+    pub request_id: Option<String>,
+    pub probe: Option<ProbeReport>,
+    /// Non-secret parameters that would be / were sent (plan and apply output).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<BTreeMap<String, String>>,
+    /// Whether a Credential is sent (its value never is shown).
+    pub credential: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PassReport {
+    pub cluster_id: String,
+    pub sources: Vec<SourceResult>,
+}
+
+impl PassReport {
+    pub fn failed(&self) -> bool {
+        self.sources.iter().any(|s| s.outcome.is_failure())
+    }
+
+    pub fn changes(&self) -> bool {
+        self.sources.iter().any(|s| s.outcome.is_change())
+    }
+
+    /// "4/5 in sync; finance: SMB_LOGON_FAILURE" (for `STATUS=` and logs).
+    pub fn summary(&self) -> String {
+        let desired: Vec<&SourceResult> = self
+            .sources
+            .iter()
+            .filter(|s| s.outcome != Outcome::Orphaned)
+            .collect();
+        let ok = desired
+            .iter()
+            .filter(|s| {
+                matches!(
+                    s.outcome,
+                    Outcome::InSync | Outcome::Added | Outcome::Updated
+                )
+            })
+            .count();
+        let mut out = format!("{ok}/{} in sync", desired.len());
+        for s in desired.iter().filter(|s| s.outcome.is_failure()) {
+            let what = s
+                .probe
+                .as_ref()
+                .and_then(|p| p.failure.as_ref())
+                .filter(|_| s.outcome == Outcome::ProbeFailed)
+                .map_or_else(|| s.outcome.as_str().to_string(), |f| f.code.to_string());
+            out.push_str(&format!("; {}: {what}", s.name));
+        }
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("cannot read the data sources of {cluster_id} from HBR: {message}")]
+    Describe { cluster_id: String, message: String },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// Probe `sources` with at most `concurrency` at a time, each under `deadline`.
+pub async fn probe_all(
+    sources: &[&Source],
+    concurrency: usize,
+    deadline: Duration,
+) -> BTreeMap<String, ProbeReport> {
+    futures::stream::iter(sources.iter().copied())
+        .map(|s| probe::probe_source(s, deadline))
+        .buffer_unordered(concurrency.max(1))
+        .map(|r| (r.source.clone(), r))
+        .collect()
+        .await
+}
+
+/// One pass over the sources named in `only` (all when `None`). Orphans are always reported.
+pub async fn run_pass<R: Registry>(
+    cfg: &Config,
+    registry: &R,
+    mode: Mode,
+    only: Option<&BTreeSet<String>>,
+    state: &mut State,
+    store: Option<&StateStore>,
+    hmac_key: &[u8],
+) -> Result<PassReport, PassError> {
+    let cluster_id = cfg.agent.cluster_id.clone();
+    let wanted: Vec<&Source> = cfg
+        .sources
+        .values()
+        .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
+        .collect();
+    let (remote, probes) = tokio::join!(
+        registry.describe(&cluster_id),
+        probe_all(
+            &wanted,
+            cfg.agent.probe_concurrency.get(),
+            cfg.agent.probe_timeout
+        )
+    );
+    let remote = remote.map_err(|e| PassError::Describe {
+        cluster_id: cluster_id.clone(),
+        message: e.to_string(),
+    })?;
+    if state.cluster_id != cluster_id {
+        if !state.cluster_id.is_empty() {
+            tracing::warn!(
+                old = %state.cluster_id,
+                new = %cluster_id,
+                "cluster_id changed: records of the old client group are not used"
+            );
+        }
+        state.cluster_id = cluster_id.clone();
+        state.sources.clear();
+    }
+
+    let mut results = Vec::new();
+    for source in wanted {
+        let probe = probes.get(&source.name).cloned();
+        let result =
+            reconcile_source(cfg, registry, mode, source, probe, &remote, state, hmac_key).await;
+        if mode == Mode::Apply
+            && let Some(store) = store
+        {
+            store.save(state)?;
+        }
+        results.push(result);
+    }
+
+    for (name, entry) in state.sources.iter() {
+        if cfg.sources.contains_key(name) {
+            continue;
+        }
+        let Some(id) = entry.data_source_id.clone() else {
+            continue;
+        };
+        let present = remote.iter().any(|r| r.data_source_id == id);
+        results.push(SourceResult {
+            name: name.clone(),
+            kind: "",
+            data_source_type: entry.data_source_type.clone(),
+            outcome: Outcome::Orphaned,
+            data_source_id: Some(id),
+            detail: if present {
+                "registered by this agent but no longer in the config; left in HBR (remove it \
+                 in the console if that is intended)"
+                    .into()
+            } else {
+                "no longer in the config and no longer in HBR".into()
+            },
+            request_id: None,
+            probe: None,
+            params: None,
+            credential: false,
+        });
+    }
+    if mode == Mode::Apply {
+        // Forget orphans HBR no longer has: nothing is left to report on.
+        let gone: Vec<String> = state
+            .sources
+            .iter()
+            .filter(|(name, e)| {
+                !cfg.sources.contains_key(*name)
+                    && e.data_source_id
+                        .as_ref()
+                        .is_none_or(|id| !remote.iter().any(|r| &r.data_source_id == id))
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in gone {
+            state.sources.remove(&name);
+        }
+        if let Some(store) = store {
+            store.save(state)?;
+        }
+    }
+    Ok(PassReport {
+        cluster_id,
+        sources: results,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_source<R: Registry>(
+    cfg: &Config,
+    registry: &R,
+    mode: Mode,
+    source: &Source,
+    probe: Option<ProbeReport>,
+    remote: &[RemoteDataSource],
+    state: &mut State,
+    hmac_key: &[u8],
+) -> SourceResult {
+    let req = desired::request(source, &cfg.agent.cluster_id);
+    let hash = desired::spec_hash(&req);
+    let hmac = desired::secret_hmac(&req, hmac_key);
+    let entry = state.sources.entry(source.name.clone()).or_default();
+    entry.data_source_type = desired::data_source_type(&source.spec).to_string();
+    if let Some(p) = &probe {
+        entry.last_probe = Some(ProbeSummary {
+            passed: p.passed(),
+            code: p.failure.as_ref().map(|f| f.code.to_string()),
+            reason: p.failure.as_ref().map(|f| f.reason.clone()),
+            at: now_rfc3339(),
+        });
+    }
+    let mut result = SourceResult {
+        name: source.name.clone(),
+        kind: source.spec.kind(),
+        data_source_type: entry.data_source_type.clone(),
+        outcome: Outcome::InSync,
+        data_source_id: None,
+        detail: String::new(),
+        request_id: None,
+        probe: probe.clone(),
+        params: Some(req.params.clone()),
+        credential: req.credential.is_some(),
+    };
+    let finish = |entry: &mut SourceState, result: SourceResult| {
+        entry.outcome = result.outcome.as_str().into();
+        entry.error = result.outcome.is_failure().then(|| result.detail.clone());
+        entry.updated_at = now_rfc3339();
+        result
+    };
+
+    let probe_passed = probe.as_ref().is_some_and(ProbeReport::passed);
+    if !probe_passed && !cfg.agent.register_on_probe_failure {
+        result.outcome = Outcome::ProbeFailed;
+        result.data_source_id = entry.data_source_id.clone();
+        result.detail = match probe.as_ref().and_then(|p| p.failure.as_ref()) {
+            Some(f) => format!("{}: {} (not registered or updated)", f.code, f.reason),
+            None => "not probed".into(),
+        };
+        return finish(entry, result);
+    }
+
+    let same_name: Vec<&RemoteDataSource> = remote
+        .iter()
+        .filter(|r| r.data_source_name == source.name)
+        .collect();
+    let target = match same_name.as_slice() {
+        [] => None,
+        [one] => Some(*one),
+        many => {
+            result.outcome = Outcome::Conflict;
+            result.detail = format!(
+                "HBR holds {} data sources named {:?} ({}); the agent will not pick one: remove \
+                 the duplicates in the console",
+                many.len(),
+                source.name,
+                many.iter()
+                    .map(|r| r.data_source_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            return finish(entry, result);
+        }
+    };
+
+    let Some(target) = target else {
+        let readd = entry.data_source_id.is_some();
+        if mode == Mode::Plan {
+            result.outcome = Outcome::Add;
+            result.detail = if readd {
+                "was registered but is no longer in HBR; would add it again".into()
+            } else {
+                "not in HBR".into()
+            };
+            return finish(entry, result);
+        }
+        match registry.add(&req).await {
+            Ok((id, request_id)) => {
+                result.outcome = Outcome::Added;
+                result.detail = if readd {
+                    "was no longer in HBR; added again".into()
+                } else {
+                    String::new()
+                };
+                record_sent(entry, &id, &hash, hmac, &request_id);
+                result.data_source_id = Some(id);
+                result.request_id = Some(request_id);
+            }
+            Err(e) if R::outcome_unknown(&e) => {
+                // The add may have happened: look, never add twice.
+                match registry.describe(&cfg.agent.cluster_id).await {
+                    Ok(now) => match now.iter().find(|r| r.data_source_name == source.name) {
+                        Some(found) => {
+                            result.outcome = Outcome::Added;
+                            result.detail = format!(
+                                "confirmed by DescribeDataSources after an uncertain answer ({e})"
+                            );
+                            record_sent(entry, &found.data_source_id, &hash, hmac, "");
+                            result.data_source_id = Some(found.data_source_id.clone());
+                        }
+                        None => {
+                            result.outcome = Outcome::Failed;
+                            result.detail = format!("AddDataSource did not take effect: {e}");
+                        }
+                    },
+                    Err(e2) => {
+                        result.outcome = Outcome::Failed;
+                        result.detail = format!(
+                            "AddDataSource outcome unknown ({e}) and DescribeDataSources failed \
+                             ({e2}); the next pass looks again before adding"
+                        );
+                    }
+                }
+            }
+            Err(e) => {
+                result.outcome = Outcome::Failed;
+                result.detail = format!("AddDataSource failed: {e}");
+            }
+        }
+        return finish(entry, result);
+    };
+
+    result.data_source_id = Some(target.data_source_id.clone());
+    if target.data_source_type != result.data_source_type && !target.data_source_type.is_empty() {
+        result.outcome = Outcome::Conflict;
+        result.detail = format!(
+            "HBR holds {:?} as {} ({}), the config as {}; HBR cannot change a type: rename one \
+             of them",
+            source.name, target.data_source_type, target.data_source_id, result.data_source_type
+        );
+        return finish(entry, result);
+    }
+
+    let mut reasons: Vec<String> = Vec::new();
+    let known = entry.data_source_id.as_deref() == Some(target.data_source_id.as_str())
+        && entry.spec_hash.is_some();
+    if known {
+        if entry.spec_hash.as_deref() != Some(hash.as_str()) {
+            reasons.push("the config changed".into());
+        }
+        if entry.secret_hmac != hmac {
+            reasons.push("a secret changed".into());
+        }
+    } else if req.credential.is_some() {
+        reasons.push(
+            "no record of the credential HBR holds (adopting an existing registration)".into(),
+        );
+    }
+    let drift = desired::remote_differences(target, &req);
+    if !drift.is_empty() {
+        reasons.push(format!("changed in HBR: {}", drift.join(", ")));
+    }
+
+    if reasons.is_empty() {
+        result.outcome = Outcome::InSync;
+        if !known {
+            result.detail = "adopted an existing registration with the same settings".into();
+            if mode == Mode::Apply {
+                record_sent(entry, &target.data_source_id, &hash, hmac, "");
+            }
+        }
+        return finish(entry, result);
+    }
+    result.detail = reasons.join("; ");
+    if mode == Mode::Plan {
+        result.outcome = Outcome::Update;
+        return finish(entry, result);
+    }
+    match registry.update(&target.data_source_id, &req).await {
+        Ok(request_id) => {
+            result.outcome = Outcome::Updated;
+            record_sent(entry, &target.data_source_id, &hash, hmac, &request_id);
+            result.request_id = Some(request_id);
+        }
+        Err(e) => {
+            result.outcome = Outcome::Failed;
+            result.detail = format!("UpdateDataSource failed ({}): {e}", result.detail);
+        }
+    }
+    finish(entry, result)
+}
+
+fn record_sent(
+    entry: &mut SourceState,
+    id: &str,
+    hash: &str,
+    hmac: Option<String>,
+    request_id: &str,
+) {
+    entry.data_source_id = Some(id.to_string());
+    entry.spec_hash = Some(hash.to_string());
+    entry.secret_hmac = hmac;
+    if !request_id.is_empty() {
+        entry.last_request_id = Some(request_id.to_string());
+    }
+}
+
+impl Registry for crate::hbr::client::HbrClient {
+    type Error = crate::hbr::client::HbrError;
+
+    fn outcome_unknown(err: &Self::Error) -> bool {
+        matches!(err, crate::hbr::client::HbrError::OutcomeUnknown { .. })
+    }
+
+    async fn describe(&self, cluster_id: &str) -> Result<Vec<RemoteDataSource>, Self::Error> {
+        self.describe_data_sources(cluster_id).await
+    }
+
+    async fn add(&self, req: &DataSourceRequest) -> Result<(String, String), Self::Error> {
+        self.add_data_source(req)
+            .await
+            .map(|a| (a.data_source_id, a.request_id))
+    }
+
+    async fn update(
+        &self,
+        data_source_id: &str,
+        req: &DataSourceRequest,
+    ) -> Result<String, Self::Error> {
+        self.update_data_source(data_source_id, req).await
+    }
+}
