@@ -257,3 +257,178 @@ pub fn remote_differences(
     }
     diffs
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::*;
+    use crate::hbr::RemoteDataSource;
+
+    pub(crate) fn source(name: &str, spec: SourceSpec) -> Source {
+        Source {
+            name: name.into(),
+            origin: Origin {
+                file: "/etc/hbr-source-agent/agent.toml".into(),
+                line: 1,
+                column: 1,
+            },
+            spec,
+            archive: ArchiveOptions::default(),
+            connection_info_extra: Default::default(),
+        }
+    }
+
+    fn nfs() -> Source {
+        source(
+            "MyLocalNas",
+            SourceSpec::Nas(NasSpec {
+                protocol: NasProtocol::Nfs,
+                servers: vec![HostPort {
+                    host: "123.123.123.123".into(),
+                    port: 2049,
+                }],
+                share_path: "/share".into(),
+                mount_options: Some("vers=3".into()),
+                username: None,
+                password: None,
+                domain: None,
+            }),
+        )
+    }
+
+    #[test]
+    fn nas_nfs_matches_the_design_example() {
+        let req = request(&nfs(), "cl-0004i0nlngorvgjpl7ck");
+        assert_eq!(req.params["DataSourceType"], "COMMON_NAS");
+        assert_eq!(req.params["DataSourceName"], "MyLocalNas");
+        assert_eq!(req.params["ClusterId"], "cl-0004i0nlngorvgjpl7ck");
+        let ci: Value = serde_json::from_str(&req.params["ConnectionInfo"]).unwrap();
+        assert_eq!(
+            ci,
+            json!({"dataServerAddresses":[{"host":"123.123.123.123","port":"2049"}],
+                   "sharePath":"/share","mountOptions":"vers=3","fileSystemType":"nfs"})
+        );
+        assert!(req.credential.is_none());
+    }
+
+    #[test]
+    fn filesystem_and_bmcpfs_shapes() {
+        let fs = source(
+            "scratch",
+            SourceSpec::Filesystem(FilesystemSpec {
+                path: "/mnt/lustre".into(),
+                allow_root_fs: false,
+            }),
+        );
+        let req = request(&fs, "cl-1");
+        assert_eq!(req.params["ConnectionInfo"], r#"{"path":"/mnt/lustre"}"#);
+        assert_eq!(req.params["DataSourceType"], "COMMON_FILE_SYSTEM");
+        let b = source(
+            "training",
+            SourceSpec::Bmcpfs(CpfsSpec {
+                mount_target: "cpfs-010wn-vpc-ta8.cn-shanghai.cpfs.aliyuncs.com".into(),
+                share_path: "/".into(),
+                mount_options: None,
+            }),
+        );
+        let req = request(&b, "cl-1");
+        assert_eq!(req.params["DataSourceType"], "BMCPFS");
+        assert_eq!(
+            serde_json::from_str::<Value>(&req.params["ConnectionInfo"]).unwrap(),
+            json!({"vpcMountTarget":"cpfs-010wn-vpc-ta8.cn-shanghai.cpfs.aliyuncs.com","sharePath":"/"})
+        );
+    }
+
+    #[test]
+    fn smb_credential_is_secret_and_json() {
+        let mut s = nfs();
+        s.name = "finance".into();
+        if let SourceSpec::Nas(n) = &mut s.spec {
+            n.protocol = NasProtocol::Smb;
+            n.mount_options = None;
+            n.username = Some("backup".into());
+            n.password = Some(Secret::new("s3cr3t\"pw", SecretOrigin::Literal));
+        }
+        let req = request(&s, "cl-1");
+        let cred: Value = serde_json::from_str(req.credential.as_ref().unwrap().expose()).unwrap();
+        assert_eq!(
+            cred,
+            json!({"mountUsername":"backup","mountPassword":"s3cr3t\"pw"})
+        );
+        assert!(!format!("{req:?}").contains("s3cr3t"));
+        assert!(!req.params.values().any(|v| v.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn archive_options_and_paths_and_extras() {
+        let mut s = nfs();
+        s.archive = ArchiveOptions {
+            index_level: Some(IndexLevel::Meta),
+            schedule: Some("I|1729493847|P1D".into()),
+            speed_limit: Some("6:21:10240".into()),
+            include: vec!["/home/alice".into()],
+            exclude: vec!["/home/alice/log".into()],
+            paths: vec!["/a".into(), "/b".into()],
+            options: Some(Default::default()),
+        };
+        s.connection_info_extra
+            .insert("mountOptions".into(), json!("vers=3,nolock"));
+        let req = request(&s, "cl-1");
+        assert_eq!(req.params["IndexLevel"], "META");
+        assert_eq!(req.params["Schedule"], "I|1729493847|P1D");
+        assert_eq!(req.params["SpeedLimit"], "6:21:10240");
+        assert_eq!(req.params["Include"], r#"["/home/alice"]"#);
+        assert_eq!(req.params["Exclude"], r#"["/home/alice/log"]"#);
+        assert_eq!(req.params["Options"], "{}");
+        assert_eq!(req.params["Path.1"], "/a");
+        assert_eq!(req.params["Path.2"], "/b");
+        assert!(req.params["ConnectionInfo"].contains("vers=3,nolock"));
+    }
+
+    #[test]
+    fn fingerprints_tell_changes_apart() {
+        let a = request(&nfs(), "cl-1");
+        let mut b = a.clone();
+        assert_eq!(spec_hash(&a), spec_hash(&b));
+        b.params.insert("Path.1".into(), "/x".into());
+        assert_ne!(spec_hash(&a), spec_hash(&b));
+        let c1 = DataSourceRequest {
+            params: a.params.clone(),
+            credential: Some(Secret::new("one", SecretOrigin::Literal)),
+        };
+        let c2 = DataSourceRequest {
+            credential: Some(Secret::new("two", SecretOrigin::Literal)),
+            ..c1.clone()
+        };
+        assert_eq!(
+            spec_hash(&c1),
+            spec_hash(&c2),
+            "secrets are not in the spec hash"
+        );
+        assert_ne!(secret_hmac(&c1, b"k"), secret_hmac(&c2, b"k"));
+        assert_ne!(secret_hmac(&c1, b"k"), secret_hmac(&c1, b"other key"));
+    }
+
+    #[test]
+    fn remote_comparison_ignores_what_hbr_adds_or_omits() {
+        let req = request(&nfs(), "cl-1");
+        let mut remote = RemoteDataSource {
+            data_source_id: "ds-1".into(),
+            data_source_name: "MyLocalNas".into(),
+            data_source_type: "COMMON_NAS".into(),
+            cluster_id: "cl-1".into(),
+            // Same object, other key order, one key HBR added.
+            connection_info: Some(
+                r#"{"fileSystemType":"nfs","sharePath":"/share","mountOptions":"vers=3","dataServerAddresses":[{"port":"2049","host":"123.123.123.123"}],"extra":1}"#.into(),
+            ),
+            index_level: Some("OFF".into()),
+            ..Default::default()
+        };
+        assert!(remote_differences(&remote, &req).is_empty());
+        remote.connection_info = Some(r#"{"sharePath":"/other"}"#.into());
+        assert_eq!(remote_differences(&remote, &req), vec!["ConnectionInfo"]);
+        remote.connection_info = None;
+        remote.cluster_id = "cl-2".into();
+        assert_eq!(remote_differences(&remote, &req), vec!["ClusterId"]);
+    }
+}

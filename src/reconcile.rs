@@ -535,3 +535,303 @@ impl Registry for crate::hbr::client::HbrClient {
         self.update_data_source(data_source_id, req).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::config::*;
+    use crate::desired::tests::source;
+
+    /// HBR as a map, with a switch to make the next add time out after taking effect.
+    #[derive(Default)]
+    struct MemRegistry {
+        sources: Mutex<Vec<RemoteDataSource>>,
+        calls: Mutex<Vec<String>>,
+        lose_next_add_answer: Mutex<bool>,
+    }
+
+    #[derive(Debug)]
+    struct MemError(&'static str);
+    impl std::fmt::Display for MemError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl Registry for MemRegistry {
+        type Error = MemError;
+        fn outcome_unknown(err: &MemError) -> bool {
+            err.0 == "timeout"
+        }
+        async fn describe(&self, _c: &str) -> Result<Vec<RemoteDataSource>, MemError> {
+            self.calls.lock().unwrap().push("describe".into());
+            Ok(self.sources.lock().unwrap().clone())
+        }
+        async fn add(&self, req: &DataSourceRequest) -> Result<(String, String), MemError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("add {}", req.name()));
+            let mut s = self.sources.lock().unwrap();
+            let id = format!("ds-{}", s.len() + 1);
+            s.push(RemoteDataSource {
+                data_source_id: id.clone(),
+                data_source_name: req.name().into(),
+                data_source_type: req.params["DataSourceType"].clone(),
+                cluster_id: req.params["ClusterId"].clone(),
+                connection_info: Some(req.params["ConnectionInfo"].clone()),
+                ..Default::default()
+            });
+            if std::mem::take(&mut *self.lose_next_add_answer.lock().unwrap()) {
+                return Err(MemError("timeout"));
+            }
+            Ok((id, "req-1".into()))
+        }
+        async fn update(&self, id: &str, req: &DataSourceRequest) -> Result<String, MemError> {
+            self.calls.lock().unwrap().push(format!("update {id}"));
+            let mut s = self.sources.lock().unwrap();
+            let r = s
+                .iter_mut()
+                .find(|r| r.data_source_id == id)
+                .ok_or(MemError("no such id"))?;
+            r.connection_info = Some(req.params["ConnectionInfo"].clone());
+            Ok("req-2".into())
+        }
+    }
+
+    fn fs_source(name: &str, path: &std::path::Path) -> Source {
+        source(
+            name,
+            SourceSpec::Filesystem(FilesystemSpec {
+                path: path.into(),
+                allow_root_fs: true,
+            }),
+        )
+    }
+
+    fn config(sources: Vec<Source>) -> Config {
+        Config {
+            files: vec![],
+            agent: AgentSettings {
+                cluster_id: "cl-test".into(),
+                state_dir: "/nonexistent".into(),
+                probe_timeout: Duration::from_secs(5),
+                probe_concurrency: NonZeroUsize::new(4).unwrap(),
+                reprobe_interval: Duration::from_secs(3600),
+                register_on_probe_failure: false,
+            },
+            control_plane: ControlPlane {
+                region: "cn-hangzhou".into(),
+                network: Network::Public,
+                endpoint: "http://127.0.0.1:9".parse().unwrap(),
+                signature: SignatureVersion::V3,
+                credentials: None,
+                metadata_endpoint: "http://127.0.0.1:9".parse().unwrap(),
+                timeout: Duration::from_secs(1),
+            },
+            sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            warnings: vec![],
+        }
+    }
+
+    fn calls(r: &MemRegistry) -> Vec<String> {
+        std::mem::take(&mut *r.calls.lock().unwrap())
+    }
+
+    async fn apply(cfg: &Config, reg: &MemRegistry, st: &mut State) -> PassReport {
+        run_pass(cfg, reg, Mode::Apply, None, st, None, b"key")
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn adds_once_then_in_sync_and_plan_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(vec![fs_source("data", dir.path())]);
+        let reg = MemRegistry::default();
+        let mut st = State::default();
+
+        let plan = run_pass(&cfg, &reg, Mode::Plan, None, &mut st.clone(), None, b"key")
+            .await
+            .unwrap();
+        assert_eq!(plan.sources[0].outcome, Outcome::Add);
+        assert_eq!(calls(&reg), ["describe"]);
+
+        let r = apply(&cfg, &reg, &mut st).await;
+        assert_eq!(r.sources[0].outcome, Outcome::Added);
+        assert_eq!(calls(&reg), ["describe", "add data"]);
+        assert_eq!(st.sources["data"].data_source_id.as_deref(), Some("ds-1"));
+
+        let r = apply(&cfg, &reg, &mut st).await;
+        assert_eq!(r.sources[0].outcome, Outcome::InSync);
+        assert_eq!(calls(&reg), ["describe"]);
+    }
+
+    #[tokio::test]
+    async fn lost_state_never_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(vec![fs_source("data", dir.path())]);
+        let reg = MemRegistry::default();
+        apply(&cfg, &reg, &mut State::default()).await;
+        calls(&reg);
+        let mut fresh = State::default();
+        let r = apply(&cfg, &reg, &mut fresh).await;
+        assert_eq!(r.sources[0].outcome, Outcome::InSync, "{:?}", r.sources[0]);
+        assert_eq!(calls(&reg), ["describe"]);
+        assert_eq!(reg.sources.lock().unwrap().len(), 1);
+        assert_eq!(
+            fresh.sources["data"].data_source_id.as_deref(),
+            Some("ds-1")
+        );
+    }
+
+    #[tokio::test]
+    async fn changed_spec_updates_and_failed_probe_touches_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        let reg = MemRegistry::default();
+        let mut st = State::default();
+        apply(&config(vec![fs_source("data", dir.path())]), &reg, &mut st).await;
+        calls(&reg);
+
+        let r = apply(
+            &config(vec![fs_source("data", other.path())]),
+            &reg,
+            &mut st,
+        )
+        .await;
+        assert_eq!(r.sources[0].outcome, Outcome::Updated);
+        assert!(r.sources[0].detail.contains("config changed"));
+        assert_eq!(calls(&reg), ["describe", "update ds-1"]);
+
+        let gone = other.path().join("missing");
+        let r = apply(&config(vec![fs_source("data", &gone)]), &reg, &mut st).await;
+        assert_eq!(r.sources[0].outcome, Outcome::ProbeFailed);
+        assert_eq!(
+            r.sources[0]
+                .probe
+                .as_ref()
+                .unwrap()
+                .failure
+                .as_ref()
+                .unwrap()
+                .code,
+            crate::probe::Code::PATH_NOT_FOUND
+        );
+        assert_eq!(calls(&reg), ["describe"]);
+        assert!(r.failed());
+        assert_eq!(
+            st.sources["data"].data_source_id.as_deref(),
+            Some("ds-1"),
+            "registration kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn console_edit_is_repaired() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(vec![fs_source("data", dir.path())]);
+        let reg = MemRegistry::default();
+        let mut st = State::default();
+        apply(&cfg, &reg, &mut st).await;
+        reg.sources.lock().unwrap()[0].connection_info = Some(r#"{"path":"/elsewhere"}"#.into());
+        calls(&reg);
+        let r = apply(&cfg, &reg, &mut st).await;
+        assert_eq!(r.sources[0].outcome, Outcome::Updated);
+        assert!(
+            r.sources[0]
+                .detail
+                .contains("changed in HBR: ConnectionInfo"),
+            "{}",
+            r.sources[0].detail
+        );
+    }
+
+    #[tokio::test]
+    async fn uncertain_add_is_resolved_by_describe_not_a_second_add() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(vec![fs_source("data", dir.path())]);
+        let reg = MemRegistry::default();
+        *reg.lose_next_add_answer.lock().unwrap() = true;
+        let mut st = State::default();
+        let r = apply(&cfg, &reg, &mut st).await;
+        assert_eq!(r.sources[0].outcome, Outcome::Added);
+        assert_eq!(calls(&reg), ["describe", "add data", "describe"]);
+        assert_eq!(reg.sources.lock().unwrap().len(), 1);
+        assert_eq!(st.sources["data"].data_source_id.as_deref(), Some("ds-1"));
+    }
+
+    #[tokio::test]
+    async fn duplicates_and_type_clashes_are_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(vec![fs_source("data", dir.path())]);
+        let reg = MemRegistry::default();
+        for id in ["ds-a", "ds-b"] {
+            reg.sources.lock().unwrap().push(RemoteDataSource {
+                data_source_id: id.into(),
+                data_source_name: "data".into(),
+                data_source_type: "COMMON_FILE_SYSTEM".into(),
+                ..Default::default()
+            });
+        }
+        let r = apply(&cfg, &reg, &mut State::default()).await;
+        assert_eq!(r.sources[0].outcome, Outcome::Conflict);
+        assert!(r.sources[0].detail.contains("ds-a, ds-b"));
+        reg.sources.lock().unwrap().truncate(1);
+        reg.sources.lock().unwrap()[0].data_source_type = "COMMON_NAS".into();
+        let r = apply(&cfg, &reg, &mut State::default()).await;
+        assert_eq!(r.sources[0].outcome, Outcome::Conflict);
+        assert_eq!(calls(&reg), ["describe", "describe"]);
+    }
+
+    #[tokio::test]
+    async fn removed_from_config_is_orphaned_not_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = MemRegistry::default();
+        let mut st = State::default();
+        apply(&config(vec![fs_source("data", dir.path())]), &reg, &mut st).await;
+        let r = apply(&config(vec![]), &reg, &mut st).await;
+        assert_eq!(r.sources.len(), 1);
+        assert_eq!(r.sources[0].outcome, Outcome::Orphaned);
+        assert_eq!(reg.sources.lock().unwrap().len(), 1);
+        assert!(st.sources.contains_key("data"));
+        assert_eq!(r.summary(), "0/0 in sync");
+    }
+
+    #[test]
+    fn summary_names_failures_by_code() {
+        let report = PassReport {
+            cluster_id: "cl-1".into(),
+            sources: vec![
+                SourceResult {
+                    name: "ok".into(),
+                    kind: "filesystem",
+                    data_source_type: "COMMON_FILE_SYSTEM".into(),
+                    outcome: Outcome::InSync,
+                    data_source_id: None,
+                    detail: String::new(),
+                    request_id: None,
+                    probe: None,
+                    params: None,
+                    credential: false,
+                },
+                SourceResult {
+                    name: "bad".into(),
+                    kind: "filesystem",
+                    data_source_type: "COMMON_FILE_SYSTEM".into(),
+                    outcome: Outcome::Failed,
+                    data_source_id: None,
+                    detail: String::new(),
+                    request_id: None,
+                    probe: None,
+                    params: None,
+                    credential: false,
+                },
+            ],
+        };
+        assert_eq!(report.summary(), "1/2 in sync; bad: failed");
+    }
+}
