@@ -133,3 +133,18 @@ mod tests {
         assert!(Code::lookup("NO_SUCH_CODE").is_none());
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    #[test]
+    fn every_code_has_a_section_in_the_docs() {
+        let doc = include_str!("../../docs/failure-codes.md");
+        for info in super::CATALOGUE {
+            assert!(
+                doc.contains(&format!("\n## {}\n", info.code)),
+                "docs/failure-codes.md has no section for {}",
+                info.code
+            );
+        }
+    }
+}

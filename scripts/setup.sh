@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what building and testing hbr-source-agent needs on Debian 12: system packages and
+# the official Alibaba Cloud Python SDK signer the signature cross-check test compares against.
+# Idempotent; run as root (or with sudo available). Reaches only Debian's and PyPI's registries.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Debian packages (keep in sync with docs/development/testing.md).
+APT_PACKAGES=(
+  build-essential pkg-config  # C toolchain for -sys crates
+  ca-certificates             # system trust store for the HBR client's TLS
+  python3 python3-pip         # the SDK signature cross-check
+  util-linux                  # setpriv: tests drop root to check permission errors
+  systemd                     # systemd-analyze for the unit checks
+)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# The official SDK's signer, pinned; the test fails (not skips) without it.
+PY_SDK="alibabacloud-tea-openapi==0.4.6"
+if ! python3 -c "import alibabacloud_tea_openapi" 2>/dev/null; then
+  python3 -m pip install --quiet --disable-pip-version-check "$PY_SDK" \
+    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "$PY_SDK"
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is not installed; install Rust (1.88 or newer) first" >&2
+  exit 1
+fi
+rustup component add rustfmt clippy >/dev/null 2>&1 || true
+echo "setup: ok"
