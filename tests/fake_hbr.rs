@@ -931,3 +931,43 @@ async fn get_and_other_paths_are_refused() {
     assert_eq!(resp.status().as_u16(), 404);
     fake.shutdown().await;
 }
+
+#[tokio::test]
+async fn headers_signed_beyond_x_acs_are_honoured_like_the_official_sdk_sends_them() {
+    // The official SDK signs every header it sets, accept and user-agent included.
+    let (fake, c) = start().await;
+    let mut w = c.v3("DescribeDataSources", &[("PageSize", "5")]);
+    w.headers.pop();
+    w.headers.push(("accept".into(), "application/json".into()));
+    w.headers
+        .push(("user-agent".into(), "AlibabaCloud (test)".into()));
+    w.headers.sort();
+    let canonical_headers: String = w
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}\n"))
+        .collect();
+    let names: Vec<&str> = w.headers.iter().map(|(k, _)| k.as_str()).collect();
+    let signed = names.join(";");
+    let canonical = format!(
+        "POST\n/\n{}\n{canonical_headers}\n{signed}\n{}",
+        sign::canonical_query(&w.query),
+        sign::EMPTY_BODY_SHA256
+    );
+    let sig = sign::v3_signature(SECRET, &canonical);
+    let mut tampered = w.clone();
+    w.headers.push((
+        "authorization".into(),
+        sign::v3_authorization(AK, &signed, &sig),
+    ));
+    assert_ok(&c.send(&w).await);
+    // A signed header's value matters.
+    tampered.headers.retain(|(k, _)| k != "accept");
+    tampered.headers.push(("accept".into(), "text/xml".into()));
+    tampered.headers.push((
+        "authorization".into(),
+        sign::v3_authorization(AK, &signed, &sig),
+    ));
+    assert_error(&c.send(&tampered).await, 400, "SignatureDoesNotMatch");
+    fake.shutdown().await;
+}
