@@ -1,0 +1,83 @@
+//! `run` as a process: first pass, reload on config change and SIGHUP, a bad config keeps the
+//! last good one, SIGTERM exits 0 after writing state.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Replace a file the way editors and config management do: write a temporary, rename over.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn signal(child: &tokio::process::Child, sig: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, sig).unwrap();
+}
+
+#[tokio::test]
+async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
+    let one = mounted_dir();
+    let two = mounted_dir();
+    let moved = mounted_dir();
+    let s = Setup::new(&filesystem_source("one", one.path())).await;
+    let log_path = s.dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = s
+        .agent()
+        .args(["-v", "run"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    wait_for("first pass", || s.fake.data_sources().len() == 1).await;
+
+    // A new drop-in, written by rename-replace.
+    let conf_d = s.dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    replace(&conf_d.join("20-two.toml"), &filesystem_source("two", two.path()));
+    wait_for("the drop-in's source", || s.fake.data_sources().len() == 2).await;
+
+    // A broken main file: logged, the last good config keeps running.
+    replace(&s.config, "version = 1\n[agent]\ncluster_id = 42\n");
+    wait_for("the reload error", || log().contains("still running the last good configuration")).await;
+    assert!(child.try_wait().unwrap().is_none(), "daemon must survive a bad config");
+    assert!(log().contains("cluster_id"), "{}", log());
+
+    // Fixed, with a changed path, applied on SIGHUP too (the watcher may beat it; either way one update).
+    replace(&s.config, &s.config_text(&filesystem_source("one", moved.path())));
+    signal(&child, rustix::process::Signal::HUP);
+    wait_for("the update", || {
+        s.writes()
+            .iter()
+            .any(|w| w.action.as_deref() == Some("UpdateDataSource"))
+    })
+    .await;
+    let ds = s.fake.data_sources();
+    let one_ds = ds.iter().find(|d| d.data_source_name == "one").unwrap();
+    assert!(one_ds.connection_info.as_deref().unwrap().contains(&*moved.path().to_string_lossy()));
+    assert_eq!(ds.len(), 2, "no duplicates: {ds:?}");
+
+    signal(&child, rustix::process::Signal::TERM);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("exits within the shutdown bound")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", log());
+    let st = s.state();
+    assert!(st["sources"]["one"]["data_source_id"].is_string());
+    assert!(st["sources"]["two"]["data_source_id"].is_string());
+}
