@@ -148,7 +148,10 @@ mod tests {
 
     fn v3_query() -> Vec<(String, String)> {
         pairs(&[
-            ("ImageId", "win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd"),
+            (
+                "ImageId",
+                "win2019_1809_x64_dtc_zh-cn_40G_alibase_20230811.vhd",
+            ),
             ("RegionId", "cn-shanghai"),
         ])
     }
@@ -233,7 +236,10 @@ mod tests {
              edb2b34af0af9a6d14deaf7c1a5315eb%26SignatureVersion%3D1.0%26Timestamp%3D\
              2023-03-13T08%253A34%253A30Z%26Version%3D2014-05-26"
         );
-        assert_eq!(v2_signature("testsecret", &sts), "9NaGiOspFP5UPcwX8Iwt2YJXXuk=");
+        assert_eq!(
+            v2_signature("testsecret", &sts),
+            "9NaGiOspFP5UPcwX8Iwt2YJXXuk="
+        );
     }
 
     #[test]
@@ -249,7 +255,10 @@ mod tests {
             ("SignatureVersion", "1.0"),
         ]);
         let sts = v2_string_to_sign("GET", &params);
-        assert_eq!(v2_signature("testsecret", &sts), "OLeaidS1JvxuMvnyHOwuJ+uX5qY=");
+        assert_eq!(
+            v2_signature("testsecret", &sts),
+            "OLeaidS1JvxuMvnyHOwuJ+uX5qY="
+        );
     }
 
     #[test]
