@@ -556,3 +556,317 @@ fn parse_role_credentials(body: &str, role: &str) -> Result<Cached, CredentialsE
         prefetch_at: now + PREFETCH_AFTER,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    const CLOSED: &str = "http://127.0.0.1:9";
+
+    fn chain(env: StaticEnv, metadata: &str) -> CredentialsProvider {
+        CredentialsProvider::default_chain_with_env(Arc::new(env), Url::parse(metadata).unwrap())
+    }
+
+    fn no_imds() -> StaticEnv {
+        StaticEnv::default().with(ENV_ECS_METADATA_DISABLED, "true")
+    }
+
+    #[tokio::test]
+    async fn env_variables_first() {
+        let env = no_imds()
+            .with(ENV_ACCESS_KEY_ID, "env-id")
+            .with(ENV_ACCESS_KEY_SECRET, "env-secret")
+            .with(ENV_SECURITY_TOKEN, "env-token");
+        let c = chain(env, CLOSED).credentials().await.unwrap();
+        assert_eq!(c.access_key_id.expose(), "env-id");
+        assert_eq!(c.access_key_secret.expose(), "env-secret");
+        assert_eq!(c.security_token.unwrap().expose(), "env-token");
+    }
+
+    #[tokio::test]
+    async fn nothing_found_lists_what_was_tried_without_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StaticEnv {
+            home: Some(dir.path().into()),
+            ..no_imds()
+        }
+        .with(ENV_ACCESS_KEY_ID, "only-the-id-XYZ");
+        let err = chain(env, CLOSED).credentials().await.unwrap_err();
+        let shown = format!("{err} {err:?}");
+        assert!(
+            matches!(err, CredentialsError::NotFound { ref tried } if tried.len() == 3),
+            "{shown}"
+        );
+        assert!(shown.contains(ENV_ACCESS_KEY_SECRET), "{shown}");
+        assert!(shown.contains("credentials file"), "{shown}");
+        assert!(shown.contains(ENV_ECS_METADATA_DISABLED), "{shown}");
+        assert!(!shown.contains("only-the-id-XYZ"), "{shown}");
+    }
+
+    fn write(dir: &std::path::Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const INI: &str = "[default]\ntype = access_key\naccess_key_id = ini-id # a comment\naccess_key_secret = ini\\secret\n\n\
+        [temp]\ntype = sts\naccess_key_id = sts-id\naccess_key_secret = sts-secret\nsecurity_token = sts-token\n\n\
+        [weird]\ntype = rsa_key_pair\n\n[role]\ntype = ecs_ram_role\nrole_name = FileRole\n";
+
+    #[tokio::test]
+    async fn credentials_file_profiles() {
+        let dir = tempfile::tempdir().unwrap();
+        // Default place under the home directory, default profile.
+        write(dir.path(), ".alibabacloud/credentials", INI);
+        let home = StaticEnv {
+            home: Some(dir.path().into()),
+            ..no_imds()
+        };
+        let c = chain(home.clone(), CLOSED).credentials().await.unwrap();
+        assert_eq!(c.access_key_id.expose(), "ini-id");
+        assert_eq!(c.access_key_secret.expose(), "ini\\secret");
+        assert!(c.security_token.is_none());
+        assert!(format!("{:?}", c).contains(".alibabacloud/credentials"));
+
+        // An explicit file and profile.
+        let other = write(dir.path(), "elsewhere.ini", INI);
+        let env = no_imds()
+            .with(ENV_CREDENTIALS_FILE, other.to_str().unwrap())
+            .with(ENV_PROFILE, "temp");
+        let c = chain(env, CLOSED).credentials().await.unwrap();
+        assert_eq!(c.security_token.unwrap().expose(), "sts-token");
+
+        // Env wins over the file.
+        let env = home
+            .clone()
+            .with(ENV_ACCESS_KEY_ID, "e")
+            .with(ENV_ACCESS_KEY_SECRET, "s");
+        assert_eq!(
+            chain(env, CLOSED)
+                .credentials()
+                .await
+                .unwrap()
+                .access_key_id
+                .expose(),
+            "e"
+        );
+
+        for (profile, why) in [
+            ("weird", "unsupported type"),
+            ("missing", "no such profile"),
+        ] {
+            let env = home.clone().with(ENV_PROFILE, profile);
+            let err = chain(env, CLOSED)
+                .credentials()
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    /// A fake ECS metadata service that insists on IMDSv2 tokens.
+    struct Imds {
+        url: String,
+        fetches: Arc<AtomicUsize>,
+        roles_asked: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn imds(expires_in: time::Duration, token_ok: bool) -> Imds {
+        use axum::http::{HeaderMap, StatusCode};
+        use axum::routing::{get, put};
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let roles_asked: Arc<Mutex<Vec<String>>> = Arc::default();
+        let token_ok = Arc::new(token_ok);
+        let need_token = |h: &HeaderMap| {
+            h.get("x-aliyun-ecs-metadata-token")
+                .is_some_and(|v| v == "tok-1")
+        };
+        let (f, r) = (fetches.clone(), roles_asked.clone());
+        let app = axum::Router::new()
+            .route(
+                "/latest/api/token",
+                put(move |h: HeaderMap| {
+                    let ok =
+                        *token_ok && h.get("x-aliyun-ecs-metadata-token-ttl-seconds").is_some();
+                    async move {
+                        if ok {
+                            (StatusCode::OK, "tok-1")
+                        } else {
+                            (StatusCode::FORBIDDEN, "")
+                        }
+                    }
+                }),
+            )
+            .route(
+                "/latest/meta-data/ram/security-credentials/",
+                get(move |h: HeaderMap| async move {
+                    if need_token(&h) {
+                        (StatusCode::OK, "MetaRole".to_string())
+                    } else {
+                        (StatusCode::UNAUTHORIZED, String::new())
+                    }
+                }),
+            )
+            .route(
+                "/latest/meta-data/ram/security-credentials/{role}",
+                get(
+                    move |axum::extract::Path(role): axum::extract::Path<String>, h: HeaderMap| {
+                        let (f, r) = (f.clone(), r.clone());
+                        async move {
+                            if !need_token(&h) {
+                                return (StatusCode::UNAUTHORIZED, String::new());
+                            }
+                            let n = f.fetch_add(1, Ordering::SeqCst);
+                            r.lock().unwrap().push(role);
+                            let exp = (OffsetDateTime::now_utc() + expires_in)
+                                .replace_nanosecond(0)
+                                .unwrap();
+                            let body = serde_json::json!({
+                                "Code": "Success",
+                                "AccessKeyId": format!("STS.id-{n}"),
+                                "AccessKeySecret": format!("role-secret-{n}"),
+                                "SecurityToken": format!("role-token-{n}"),
+                                "Expiration": exp.format(&Rfc3339).unwrap(),
+                                "LastUpdated": "2024-01-01T00:00:00Z",
+                            });
+                            (StatusCode::OK, body.to_string())
+                        }
+                    },
+                ),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Imds {
+            url: format!("http://{addr}"),
+            fetches,
+            roles_asked,
+        }
+    }
+
+    fn empty_home() -> (tempfile::TempDir, StaticEnv) {
+        let dir = tempfile::tempdir().unwrap();
+        let env = StaticEnv {
+            home: Some(dir.path().into()),
+            ..Default::default()
+        };
+        (dir, env)
+    }
+
+    #[tokio::test]
+    async fn ecs_ram_role_with_imdsv2_is_cached() {
+        let m = imds(time::Duration::hours(6), true).await;
+        let (_d, env) = empty_home();
+        let p = chain(env, &m.url);
+        let a = p.credentials().await.unwrap();
+        let b = p.credentials().await.unwrap();
+        assert_eq!(a.access_key_id.expose(), "STS.id-0");
+        assert_eq!(a.security_token.as_ref().unwrap().expose(), "role-token-0");
+        assert_eq!(a, b);
+        assert_eq!(m.fetches.load(Ordering::SeqCst), 1, "cached while fresh");
+        assert_eq!(m.roles_asked.lock().unwrap()[0], "MetaRole");
+    }
+
+    #[tokio::test]
+    async fn ecs_ram_role_refreshed_near_expiry() {
+        // Expires in 10 min: inside the SDK's 15-minute stale window, so every use refreshes.
+        let m = imds(time::Duration::minutes(10), true).await;
+        let (_d, env) = empty_home();
+        let p = chain(env.with(ENV_ECS_METADATA, "NamedRole"), &m.url);
+        assert_eq!(
+            p.credentials().await.unwrap().access_key_secret.expose(),
+            "role-secret-0"
+        );
+        assert_eq!(
+            p.credentials().await.unwrap().access_key_secret.expose(),
+            "role-secret-1"
+        );
+        assert_eq!(m.fetches.load(Ordering::SeqCst), 2);
+        assert_eq!(*m.roles_asked.lock().unwrap(), ["NamedRole", "NamedRole"]);
+    }
+
+    #[tokio::test]
+    async fn ecs_ram_role_from_profile() {
+        let m = imds(time::Duration::hours(6), true).await;
+        let (d, env) = empty_home();
+        write(d.path(), ".alibabacloud/credentials", INI);
+        let p = chain(env.with(ENV_PROFILE, "role"), &m.url);
+        assert_eq!(
+            p.credentials().await.unwrap().access_key_id.expose(),
+            "STS.id-0"
+        );
+        assert_eq!(*m.roles_asked.lock().unwrap(), ["FileRole"]);
+    }
+
+    #[tokio::test]
+    async fn ecs_ram_role_disabled_by_env() {
+        let m = imds(time::Duration::hours(6), true).await;
+        let (_d, env) = empty_home();
+        let err = chain(env.with(ENV_ECS_METADATA_DISABLED, "TRUE"), &m.url)
+            .credentials()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("disabled"), "{err}");
+        assert_eq!(m.fetches.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn ecs_ram_role_without_token_when_imdsv1_disabled() {
+        let m = imds(time::Duration::hours(6), false).await;
+        let (_d, env) = empty_home();
+        let err = chain(env.with(ENV_IMDSV1_DISABLED, "true"), &m.url)
+            .credentials()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("token: HTTP 403"), "{err}");
+        // With IMDSv1 allowed the SDK falls back to tokenless reads; this fake refuses them.
+        let (_d, env) = empty_home();
+        let err = chain(env, &m.url).credentials().await.unwrap_err();
+        assert!(err.to_string().contains("HTTP 401"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn metadata_calls_have_a_short_deadline() {
+        // A listener that accepts and never answers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((s, _)) = l.accept().await {
+                held.push(s);
+            }
+        });
+        let (_d, env) = empty_home();
+        let started = std::time::Instant::now();
+        let err = chain(env.with(ENV_IMDSV1_DISABLED, "true"), &url)
+            .credentials()
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, CredentialsError::NotFound { .. }));
+    }
+
+    #[test]
+    fn role_answer_errors_never_quote_the_body() {
+        let body = r#"{"Code":"Success","AccessKeyId":"id","AccessKeySecret":"very-secret","SecurityToken":"tok","Expiration":"soon"}"#;
+        let err = parse_role_credentials(body, "R").err().unwrap().to_string();
+        assert!(
+            err.contains("Expiration") && !err.contains("very-secret"),
+            "{err}"
+        );
+        let err = parse_role_credentials("not json very-secret", "R")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(!err.contains("very-secret"), "{err}");
+    }
+}
