@@ -536,7 +536,8 @@ impl HbrClient {
 
 /// Wire parameters of Add/Update: the request's params, `DataSourceId` for an update (which
 /// takes no `DataSourceType`, as the SDK's model shows), and the Credential exposed last.
-fn wire_params(req: &DataSourceRequest, data_source_id: Option<&str>) -> Vec<(String, String)> {
+/// Public so that the SDK cross-check signs exactly what the client sends.
+pub fn wire_params(req: &DataSourceRequest, data_source_id: Option<&str>) -> Vec<(String, String)> {
     let mut p: BTreeMap<String, String> = req.params.clone();
     if let Some(id) = data_source_id {
         p.remove("DataSourceType");
