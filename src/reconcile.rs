@@ -511,10 +511,10 @@ fn record_sent(
 }
 
 impl Registry for crate::hbr::client::HbrClient {
-    type Error = crate::hbr::client::HbrError;
+    type Error = crate::hbr::HbrError;
 
     fn outcome_unknown(err: &Self::Error) -> bool {
-        matches!(err, crate::hbr::client::HbrError::OutcomeUnknown { .. })
+        matches!(err, crate::hbr::HbrError::OutcomeUnknown { .. })
     }
 
     async fn describe(&self, cluster_id: &str) -> Result<Vec<RemoteDataSource>, Self::Error> {

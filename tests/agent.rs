@@ -36,7 +36,10 @@ async fn apply_registers_exactly_once_and_the_exact_request() {
     assert_eq!(add.params, expected);
 
     let id = s.fake.data_sources()[0].data_source_id.clone();
-    assert_eq!(s.state()["sources"]["scratch"]["data_source_id"], id.as_str());
+    assert_eq!(
+        s.state()["sources"]["scratch"]["data_source_id"],
+        id.as_str()
+    );
 
     // Again: nothing to do.
     let again = s.run(&["apply"]).await;
@@ -74,7 +77,10 @@ async fn root_fs_path_fails_probe_and_is_not_registered() {
     let probe = s.run(&["probe"]).await;
     assert_eq!(probe.code, 1, "{probe:?}");
     assert!(probe.stdout.contains("FAIL PATH_NOT_MOUNTED"), "{probe:?}");
-    assert!(probe.stdout.contains("allow_root_fs = true"), "remedy shown: {probe:?}");
+    assert!(
+        probe.stdout.contains("allow_root_fs = true"),
+        "remedy shown: {probe:?}"
+    );
 
     let apply = s.run(&["apply"]).await;
     assert_eq!(apply.code, 1, "{apply:?}");
@@ -82,7 +88,10 @@ async fn root_fs_path_fails_probe_and_is_not_registered() {
     assert!(s.writes().is_empty());
 
     let plan = s.run(&["plan"]).await;
-    assert_eq!(plan.code, 1, "a failed probe is an error for plan: {plan:?}");
+    assert_eq!(
+        plan.code, 1,
+        "a failed probe is an error for plan: {plan:?}"
+    );
 
     // The operator allows it: registered, with a warning.
     s.write_config(&format!(

@@ -10,7 +10,10 @@ use common::*;
 async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -35,12 +38,7 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
     let s = Setup::new(&filesystem_source("one", one.path())).await;
     let log_path = s.dir.path().join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = s
-        .agent()
-        .args(["-v", "run"])
-        .stderr(log)
-        .spawn()
-        .unwrap();
+    let mut child = s.agent().args(["-v", "run"]).stderr(log).spawn().unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     wait_for("first pass", || s.fake.data_sources().len() == 1).await;
@@ -48,17 +46,29 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
     // A new drop-in, written by rename-replace.
     let conf_d = s.dir.path().join("conf.d");
     std::fs::create_dir(&conf_d).unwrap();
-    replace(&conf_d.join("20-two.toml"), &filesystem_source("two", two.path()));
+    replace(
+        &conf_d.join("20-two.toml"),
+        &filesystem_source("two", two.path()),
+    );
     wait_for("the drop-in's source", || s.fake.data_sources().len() == 2).await;
 
     // A broken main file: logged, the last good config keeps running.
     replace(&s.config, "version = 1\n[agent]\ncluster_id = 42\n");
-    wait_for("the reload error", || log().contains("still running the last good configuration")).await;
-    assert!(child.try_wait().unwrap().is_none(), "daemon must survive a bad config");
+    wait_for("the reload error", || {
+        log().contains("still running the last good configuration")
+    })
+    .await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "daemon must survive a bad config"
+    );
     assert!(log().contains("cluster_id"), "{}", log());
 
     // Fixed, with a changed path, applied on SIGHUP too (the watcher may beat it; either way one update).
-    replace(&s.config, &s.config_text(&filesystem_source("one", moved.path())));
+    replace(
+        &s.config,
+        &s.config_text(&filesystem_source("one", moved.path())),
+    );
     signal(&child, rustix::process::Signal::HUP);
     wait_for("the update", || {
         s.writes()
@@ -68,7 +78,13 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
     .await;
     let ds = s.fake.data_sources();
     let one_ds = ds.iter().find(|d| d.data_source_name == "one").unwrap();
-    assert!(one_ds.connection_info.as_deref().unwrap().contains(&*moved.path().to_string_lossy()));
+    assert!(
+        one_ds
+            .connection_info
+            .as_deref()
+            .unwrap()
+            .contains(&*moved.path().to_string_lossy())
+    );
     assert_eq!(ds.len(), 2, "no duplicates: {ds:?}");
 
     signal(&child, rustix::process::Signal::TERM);

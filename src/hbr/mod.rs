@@ -3,7 +3,13 @@
 //! never logs a secret, a signature or a Credential parameter.
 
 pub mod client;
+pub mod credentials;
+pub mod error;
 pub mod sign;
+
+pub use client::{Added, HbrClient, RetryPolicy};
+pub use credentials::{Credentials, CredentialsError, CredentialsProvider};
+pub use error::HbrError;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -11,6 +17,12 @@ use std::fmt;
 use crate::secret::Secret;
 
 pub const API_VERSION: &str = "2017-09-08";
+
+/// rustls needs a process-wide crypto provider before any client is built; ring is the one
+/// compiled in. Installing twice is harmless (the second attempt reports an error we ignore).
+pub(crate) fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 
 /// One data source as the agent wants it in HBR: every parameter of AddDataSource /
 /// UpdateDataSource in wire form. Non-secret parameters (`DataSourceType`, `DataSourceName`,

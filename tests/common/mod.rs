@@ -56,8 +56,14 @@ impl Setup {
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
-            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", fake_hbr::DEFAULT_ACCESS_KEY_ID)
-            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", fake_hbr::DEFAULT_ACCESS_KEY_SECRET)
+            .env(
+                "ALIBABA_CLOUD_ACCESS_KEY_ID",
+                fake_hbr::DEFAULT_ACCESS_KEY_ID,
+            )
+            .env(
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET",
+                fake_hbr::DEFAULT_ACCESS_KEY_SECRET,
+            )
             .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
             .arg("--config")
             .arg(&self.config)
@@ -80,8 +86,10 @@ impl Setup {
             .requests()
             .into_iter()
             .filter(|r| {
-                matches!(r.action.as_deref(), Some("AddDataSource" | "UpdateDataSource"))
-                    && r.status == Some(200)
+                matches!(
+                    r.action.as_deref(),
+                    Some("AddDataSource" | "UpdateDataSource")
+                ) && r.status == Some(200)
             })
             .collect()
     }
@@ -105,7 +113,11 @@ impl From<Output> for Run {
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
