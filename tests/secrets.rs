@@ -1,0 +1,177 @@
+//! No secret in any output, log, state file, plan or `Debug` string: every command runs with
+//! known secret values in all four forms, at the most verbose log level, in text and JSON, and
+//! everything it printed or wrote is searched for them.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use common::fake_hbr::Account;
+use common::*;
+
+const CP_KEY_ID: &str = "LTAI5tSecretMarkerKeyId01";
+const CP_SECRET: &str = "S3CR3T-control-plane-0001";
+const SMB_PASSWORD: &str = "S3CR3T-smb-password-0002";
+const S3_SECRET: &str = "S3CR3T-s3-access-secret-0003";
+const S3_KEY_ID: &str = "AKIAS3SECRETMARKER0004";
+const LITERAL_PASSWORD: &str = "S3CR3T-literal-password-0005";
+const SECRETS: [&str; 5] = [CP_SECRET, SMB_PASSWORD, S3_SECRET, S3_KEY_ID, LITERAL_PASSWORD];
+
+#[tokio::test]
+async fn no_command_leaks_a_secret() {
+    let fake = FakeHbr::start(FakeConfig {
+        accounts: vec![Account::new(CP_KEY_ID, CP_SECRET)],
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("hbr-key-id"), CP_KEY_ID).unwrap();
+    std::fs::write(creds.join("hbr-secret"), format!("{CP_SECRET}\n")).unwrap();
+    let pw_file = dir.path().join("smb-password");
+    std::fs::write(&pw_file, SMB_PASSWORD).unwrap();
+    let data = mounted_dir();
+    let state_dir = dir.path().join("state");
+    let config = dir.path().join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version = 1
+[agent]
+cluster_id = "{CLUSTER}"
+state_dir = "{state}"
+probe_timeout = "3s"
+# Registers sources whose kinds cannot be probed yet, so their Credentials reach the fake.
+register_on_probe_failure = true
+
+[control_plane]
+region = "cn-hangzhou"
+endpoint = "{endpoint}"
+access_key_id = {{ credential = "hbr-key-id" }}
+access_key_secret = {{ credential = "hbr-secret" }}
+
+[filesystem.plain]
+path = "{data}"
+
+[nas.finance]
+protocol = "smb"
+servers = ["192.0.2.10:445"]
+share_path = "/finance"
+username = "backup"
+password = {{ file = "{pw}" }}
+
+[nas.hr]
+protocol = "smb"
+servers = ["192.0.2.11"]
+share_path = "/hr"
+username = "backup"
+password = "{LITERAL_PASSWORD}"
+
+[s3.archive]
+endpoint = "https://s3.example.invalid:9000"
+bucket = "backups"
+access_key_id = "{S3_KEY_ID}"
+access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
+"#,
+            state = state_dir.display(),
+            endpoint = fake.endpoint(),
+            data = data.path().display(),
+            pw = pw_file.display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let agent = |args: &[&str]| {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_hbr-source-agent"));
+        c.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", dir.path())
+            .env("CREDENTIALS_DIRECTORY", &creds)
+            .env("ARCHIVE_S3_SECRET", S3_SECRET)
+            .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
+            .env("RUST_LOG", "trace")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .kill_on_drop(true);
+        c
+    };
+
+    let mut seen = String::new();
+    let commands: &[&[&str]] = &[
+        &["validate"],
+        &["validate", "--strict"],
+        &["probe"],
+        &["probe", "--json"],
+        &["plan"],
+        &["plan", "--json"],
+        &["apply"],
+        &["apply", "--json"],
+        &["plan"],
+        &["status"],
+        &["status", "--json"],
+        &["--log-format", "json", "apply", "--json"],
+    ];
+    for args in commands {
+        let r = Run::from(agent(args).output().await.unwrap());
+        assert_ne!(r.code, 78, "{args:?}: {r:?}");
+        seen.push_str(&format!("{args:?}\n{}\n{}\n", r.stdout, r.stderr));
+    }
+
+    // A secret changes: the update must not show it either.
+    std::fs::write(&pw_file, format!("{SMB_PASSWORD}-rotated")).unwrap();
+    for args in [&["plan"][..], &["apply", "--json"]] {
+        let r = Run::from(agent(args).output().await.unwrap());
+        seen.push_str(&format!("{args:?}\n{}\n{}\n", r.stdout, r.stderr));
+    }
+    assert!(seen.contains("a secret changed"), "the rotation is detected: {seen}");
+
+    // The daemon, briefly.
+    let mut child = agent(&["run"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    seen.push_str(&String::from_utf8_lossy(&out.stdout));
+    seen.push_str(&String::from_utf8_lossy(&out.stderr));
+
+    for entry in std::fs::read_dir(&state_dir).unwrap() {
+        let path = entry.unwrap().path();
+        seen.push_str(&String::from_utf8_lossy(&std::fs::read(&path).unwrap()));
+    }
+
+    for secret in SECRETS {
+        assert!(!seen.contains(secret), "{secret} leaked into output or state");
+    }
+    // The checks above must have had something to search.
+    assert!(seen.contains("finance") && seen.contains("TRACE") || seen.contains("trace"));
+
+    // HBR received each Credential exactly where it must, and the control-plane secret nowhere.
+    let stored = fake.data_sources();
+    let cred = |name: &str| {
+        stored
+            .iter()
+            .find(|d| d.data_source_name == name)
+            .and_then(|d| d.credential.clone())
+            .unwrap_or_default()
+    };
+    assert!(cred("finance").contains(&format!("{SMB_PASSWORD}-rotated")));
+    assert!(cred("hr").contains(LITERAL_PASSWORD));
+    assert!(cred("archive").contains(S3_SECRET) && cred("archive").contains(S3_KEY_ID));
+    for r in fake.requests() {
+        for (k, v) in &r.query {
+            assert!(!v.contains(CP_SECRET), "control-plane secret sent in {k}");
+        }
+    }
+}
