@@ -289,3 +289,43 @@ async fn a_second_apply_waits_for_nobody_and_says_why() {
     assert!(r.stderr.contains("lock"), "{r:?}");
     assert!(s.fake.requests().is_empty());
 }
+
+#[tokio::test]
+async fn v2_signature_and_sts_token_are_accepted_by_the_strict_fake() {
+    use common::fake_hbr::{Account, SignatureVersion};
+    let data = mounted_dir();
+    let fake = FakeHbr::start(FakeConfig {
+        accounts: vec![Account::sts("STS.testkey", "sts-secret", "sts-token-value", None)],
+        ..FakeConfig::default()
+    })
+    .await
+    .unwrap();
+    let mut s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake = fake;
+    for (sig, version) in [("v2", SignatureVersion::V2), ("v3", SignatureVersion::V3)] {
+        s.write_config(&format!(
+            "{}\n[filesystem.{sig}]\npath = \"{}\"\n",
+            filesystem_source("scratch", data.path()),
+            data.path().display()
+        ));
+        let text = std::fs::read_to_string(&s.config)
+            .unwrap()
+            .replace("timeout = \"3s\"", &format!("timeout = \"3s\"\nsignature = \"{sig}\""));
+        std::fs::write(&s.config, text).unwrap();
+        let r = s
+            .agent()
+            .env("ALIBABA_CLOUD_ACCESS_KEY_ID", "STS.testkey")
+            .env("ALIBABA_CLOUD_ACCESS_KEY_SECRET", "sts-secret")
+            .env("ALIBABA_CLOUD_SECURITY_TOKEN", "sts-token-value")
+            .arg("apply")
+            .output()
+            .await
+            .unwrap();
+        let r = Run::from(r);
+        assert_eq!(r.code, 0, "{sig}: {r:?}");
+        let last = s.fake.requests().pop().unwrap();
+        assert_eq!(last.signature_version, Some(version));
+        assert_eq!(last.status, Some(200));
+    }
+    assert_eq!(s.fake.data_sources().len(), 3);
+}
