@@ -295,7 +295,12 @@ async fn v2_signature_and_sts_token_are_accepted_by_the_strict_fake() {
     use common::fake_hbr::{Account, SignatureVersion};
     let data = mounted_dir();
     let fake = FakeHbr::start(FakeConfig {
-        accounts: vec![Account::sts("STS.testkey", "sts-secret", "sts-token-value", None)],
+        accounts: vec![Account::sts(
+            "STS.testkey",
+            "sts-secret",
+            "sts-token-value",
+            None,
+        )],
         ..FakeConfig::default()
     })
     .await
@@ -308,9 +313,10 @@ async fn v2_signature_and_sts_token_are_accepted_by_the_strict_fake() {
             filesystem_source("scratch", data.path()),
             data.path().display()
         ));
-        let text = std::fs::read_to_string(&s.config)
-            .unwrap()
-            .replace("timeout = \"3s\"", &format!("timeout = \"3s\"\nsignature = \"{sig}\""));
+        let text = std::fs::read_to_string(&s.config).unwrap().replace(
+            "timeout = \"3s\"",
+            &format!("timeout = \"3s\"\nsignature = \"{sig}\""),
+        );
         std::fs::write(&s.config, text).unwrap();
         let r = s
             .agent()

@@ -16,7 +16,13 @@ const SMB_PASSWORD: &str = "S3CR3T-smb-password-0002";
 const S3_SECRET: &str = "S3CR3T-s3-access-secret-0003";
 const S3_KEY_ID: &str = "AKIAS3SECRETMARKER0004";
 const LITERAL_PASSWORD: &str = "S3CR3T-literal-password-0005";
-const SECRETS: [&str; 5] = [CP_SECRET, SMB_PASSWORD, S3_SECRET, S3_KEY_ID, LITERAL_PASSWORD];
+const SECRETS: [&str; 5] = [
+    CP_SECRET,
+    SMB_PASSWORD,
+    S3_SECRET,
+    S3_KEY_ID,
+    LITERAL_PASSWORD,
+];
 
 #[tokio::test]
 async fn no_command_leaks_a_secret() {
@@ -128,7 +134,10 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
         let r = Run::from(agent(args).output().await.unwrap());
         seen.push_str(&format!("{args:?}\n{}\n{}\n", r.stdout, r.stderr));
     }
-    assert!(seen.contains("a secret changed"), "the rotation is detected: {seen}");
+    assert!(
+        seen.contains("a secret changed"),
+        "the rotation is detected: {seen}"
+    );
 
     // The daemon, briefly.
     let mut child = agent(&["run"])
@@ -152,7 +161,10 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
     }
 
     for secret in SECRETS {
-        assert!(!seen.contains(secret), "{secret} leaked into output or state");
+        assert!(
+            !seen.contains(secret),
+            "{secret} leaked into output or state"
+        );
     }
     // The checks above must have had something to search.
     assert!(seen.contains("finance") && seen.contains("TRACE") || seen.contains("trace"));
