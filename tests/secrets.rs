@@ -140,7 +140,7 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
     );
 
     // The daemon, briefly.
-    let mut child = agent(&["run"])
+    let child = agent(&["run"])
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -1,6 +1,6 @@
 //! Shared by the integration tests: a fake HBR on loopback, a temporary config pointing at it,
 //! and the agent binary run as a separate process.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 #[path = "../support/fake_hbr.rs"]
 pub mod fake_hbr;
