@@ -32,8 +32,10 @@ done
 [ -n "$endpoint" ] || { echo "fake HBR did not start:"; cat "$work/fake.log"; exit 1; }
 echo "== fake HBR listening at $endpoint"
 
-# The bundled example, plus a drop-in that points it at the fake and adds a source that passes
-# on any Linux host (a tmpfs under /dev/shm, standing in for a mounted large file system).
+# The bundled example, plus a drop-in that points it at the fake and adds three demo sources:
+# one that passes on any Linux host (a tmpfs under /dev/shm, standing in for a mounted large
+# file system) and two that fail, to show what a failure report looks like. Every address is
+# on loopback.
 cp -r config "$work/"
 mkdir -p "$demo" "$work/credentials"
 echo "demo data" >"$demo/README"
@@ -48,6 +50,14 @@ endpoint = "$endpoint"
 
 [filesystem.quickstart-demo]
 path = "$demo"
+
+[filesystem.not-mounted]
+path = "/mnt/hbr-quickstart-not-mounted"
+
+[nas.nfs-demo]
+protocol = "nfs"
+servers = ["127.0.0.1:2049"]
+share_path = "/export"
 TOML
 # Secrets the example refers to ({ credential = ... }, { env = ... }); dummy values.
 for name in finance-smb archive-s3-secret; do

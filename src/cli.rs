@@ -374,16 +374,23 @@ pub fn write_pass(
             .filter(|s| o.contains(&s.outcome))
             .count()
     };
-    writeln!(
-        out,
-        "{}: {} to add/added, {} to update/updated, {} in sync, {} failed, {} orphaned",
-        report.summary(),
-        count(&[Outcome::Add, Outcome::Added]),
-        count(&[Outcome::Update, Outcome::Updated]),
-        count(&[Outcome::InSync]),
-        count(&[Outcome::ProbeFailed, Outcome::Conflict, Outcome::Failed]),
-        count(&[Outcome::Orphaned]),
-    )
+    let failed = count(&[Outcome::ProbeFailed, Outcome::Conflict, Outcome::Failed]);
+    let (in_sync, orphaned) = (count(&[Outcome::InSync]), count(&[Outcome::Orphaned]));
+    match mode {
+        Mode::Plan => writeln!(
+            out,
+            "{} to add, {} to update, {in_sync} in sync, {failed} failed, {orphaned} orphaned",
+            count(&[Outcome::Add]),
+            count(&[Outcome::Update]),
+        ),
+        Mode::Apply => writeln!(
+            out,
+            "{} added, {} updated, {in_sync} in sync, {failed} failed, {orphaned} orphaned ({})",
+            count(&[Outcome::Added]),
+            count(&[Outcome::Updated]),
+            report.summary(),
+        ),
+    }
 }
 
 fn status_cmd(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {

@@ -174,10 +174,7 @@ pub async fn probe_source(source: &Source, deadline: Duration) -> ProbeReport {
                 rec.start(Layer::Resolve);
                 Err(Failed::new(
                     Code::PROBE_NOT_IMPLEMENTED,
-                    format!(
-                        "this build cannot probe [{}] sources yet; the source is not registered",
-                        other.kind()
-                    ),
+                    format!("this build cannot probe [{}] sources yet", other.kind()),
                 ))
             }
         }
