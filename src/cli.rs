@@ -284,11 +284,20 @@ async fn pass_cmd(cfg: &Config, mode: Mode, json: bool) -> anyhow::Result<ExitCo
             let key = store.hmac_key()?;
             (Some(store), st, key)
         }
-        Mode::Plan => {
-            let st = state::read(&cfg.agent.state_dir)?;
-            let key = state::hmac_key(&cfg.agent.state_dir, false)?;
-            (None, st, key)
-        }
+        // plan changes nothing, so it does without the state it cannot read (an operator
+        // who is not the service's user), saying what that costs.
+        Mode::Plan => match state::read(&cfg.agent.state_dir)
+            .and_then(|st| Ok((st, state::hmac_key(&cfg.agent.state_dir, false)?)))
+        {
+            Ok((st, key)) => (None, st, key),
+            Err(e) => {
+                eprintln!(
+                    "warning: {e}; planning from HBR's view alone (run as the service's user for \
+                     an exact plan: sources with credentials will show as updates)"
+                );
+                (None, state::State::default(), Vec::new())
+            }
+        },
     };
     let report =
         match reconcile::run_pass(cfg, &client, mode, None, &mut st, store.as_ref(), &key).await {

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::cli::{self, Cli, exit};
 use crate::config::{self, Config};
 use crate::hbr::client::HbrClient;
-use crate::reconcile::{self, Mode, Outcome, PassReport};
+use crate::reconcile::{self, Mode, PassReport, SourceResult};
 use crate::state::{State, StateStore};
 
 /// How long SIGTERM waits for a pass in flight before abandoning it.
@@ -65,9 +65,11 @@ struct Daemon {
     store: StateStore,
     state: State,
     key: Vec<u8>,
-    /// Last logged outcome per source, so that each change is logged once.
-    last_outcomes: BTreeMap<String, String>,
-    last_summary: String,
+    /// The latest result per source, across partial passes: each change is logged once, and
+    /// `STATUS=` is built from it.
+    last_results: BTreeMap<String, SourceResult>,
+    /// Set when the last pass could not run at all (HBR unreadable).
+    pass_error: Option<String>,
     reload_ok: bool,
 }
 
@@ -83,7 +85,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     let state = store.load()?;
     let client = HbrClient::new(&cfg.control_plane).context("cannot set up the HBR client")?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
-    let _watcher = watch_config(&cli.config, reload_tx)?;
+    let mut watcher = ConfigWatcher::start(&cli.config, reload_tx)?;
     tracing::info!(
         config = %cli.config.display(),
         sources = cfg.sources.len(),
@@ -97,8 +99,8 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         store,
         state,
         key,
-        last_outcomes: BTreeMap::new(),
-        last_summary: String::new(),
+        last_results: BTreeMap::new(),
+        pass_error: None,
         reload_ok: true,
     };
 
@@ -117,7 +119,10 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             _ = tokio::time::sleep(wait) => Trigger::AntiEntropy,
         };
         let stopped = match trigger {
-            Trigger::Reload(why) => guarded(d.reload(why), &mut signals).await,
+            Trigger::Reload(why) => {
+                watcher.refresh();
+                guarded(d.reload(why), &mut signals).await
+            }
             Trigger::AntiEntropy => {
                 tracing::info!("periodic re-probe and HBR check");
                 guarded(d.pass(None), &mut signals).await
@@ -160,7 +165,14 @@ fn jittered(base: Duration) -> Duration {
 
 impl Daemon {
     fn status_line(&self) -> String {
-        let mut s = self.last_summary.clone();
+        let mut s = match &self.pass_error {
+            Some(e) => format!("reconcile failed: {e}"),
+            None => PassReport {
+                cluster_id: self.cfg.agent.cluster_id.clone(),
+                sources: self.last_results.values().cloned().collect(),
+            }
+            .summary(),
+        };
         if !self.reload_ok {
             s.push_str("; config reload failed, running the last good config");
         }
@@ -179,59 +191,38 @@ impl Daemon {
         )
         .await;
         match result {
-            Ok(report) => self.log_report(&report, only.is_some()),
+            Ok(report) => {
+                self.pass_error = None;
+                self.record(report);
+            }
             Err(e) => {
                 tracing::error!(error = %e, "reconcile pass failed; will retry at the next trigger");
-                self.last_summary = format!("reconcile failed: {e}");
+                self.pass_error = Some(e.to_string());
             }
         }
     }
 
-    fn log_report(&mut self, report: &PassReport, partial: bool) {
-        for s in &report.sources {
-            let key = format!("{}:{}", s.outcome.as_str(), s.detail);
-            if self.last_outcomes.get(&s.name) == Some(&key) {
-                continue;
-            }
-            self.last_outcomes.insert(s.name.clone(), key);
-            let id = s.data_source_id.as_deref().unwrap_or("-");
-            if s.outcome.is_failure() {
-                tracing::warn!(source = %s.name, outcome = s.outcome.as_str(), data_source_id = id, "{}", s.detail);
-            } else {
-                tracing::info!(source = %s.name, outcome = s.outcome.as_str(), data_source_id = id, "{}", s.detail);
-            }
-        }
-        if !partial {
-            self.last_summary = report.summary();
-        } else {
-            // A partial pass only saw some sources: rebuild the summary from the state.
-            let total = self.cfg.sources.len();
-            let ok = self
-                .cfg
-                .sources
-                .keys()
-                .filter(|n| {
-                    self.state.sources.get(*n).is_some_and(|e| {
-                        matches!(e.outcome.as_str(), "in_sync" | "added" | "updated")
-                    })
-                })
-                .count();
-            let mut s = format!("{ok}/{total} in sync");
-            for (n, e) in &self.state.sources {
-                if self.cfg.sources.contains_key(n)
-                    && !matches!(e.outcome.as_str(), "in_sync" | "added" | "updated")
-                {
-                    let what = e
-                        .last_probe
-                        .as_ref()
-                        .and_then(|p| p.code.clone())
-                        .filter(|_| e.outcome == Outcome::ProbeFailed.as_str())
-                        .unwrap_or_else(|| e.outcome.clone());
-                    s.push_str(&format!("; {n}: {what}"));
+    /// Keep the latest result per source and log each one that differs from the last.
+    fn record(&mut self, report: PassReport) {
+        for s in report.sources {
+            let unchanged = self
+                .last_results
+                .get(&s.name)
+                .is_some_and(|old| old.outcome == s.outcome && old.detail == s.detail);
+            if !unchanged {
+                let id = s.data_source_id.as_deref().unwrap_or("-");
+                if s.outcome.is_failure() {
+                    tracing::warn!(source = %s.name, outcome = s.outcome.as_str(), data_source_id = id, "{}", s.detail);
+                } else {
+                    tracing::info!(source = %s.name, outcome = s.outcome.as_str(), data_source_id = id, "{}", s.detail);
                 }
             }
-            self.last_summary = s;
+            self.last_results.insert(s.name.clone(), s);
         }
+        // Forget sources that left both the config and the state.
+        let (cfg, state) = (&self.cfg, &self.state);
+        self.last_results
+            .retain(|name, _| cfg.sources.contains_key(name) || state.sources.contains_key(name));
     }
 
     /// Load the config again (secrets are re-read); on success reconcile what changed, on
@@ -342,54 +333,86 @@ impl Diff {
     }
 }
 
-/// Watch the directory of the main config (conf.d is inside it) and send one message per burst
-/// of relevant changes. Watching the directory, not the file, survives editors' and config
-/// management's rename-replace; `Access` events (our own reads) are ignored.
-fn watch_config(
-    main: &Path,
-    tx: mpsc::Sender<()>,
-) -> anyhow::Result<
-    notify_debouncer_full::Debouncer<
-        notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-> {
-    let main_abs = std::path::absolute(main).context("cannot resolve the config path")?;
-    let dir = main_abs
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("/"));
-    let conf_d = dir.join("conf.d");
-    let main_for_filter = main_abs.clone();
-    let relevant = move |p: &Path| {
-        p == main_for_filter
-            || (p.parent() == Some(conf_d.as_path()) && p.extension().is_some_and(|e| e == "toml"))
-            || p == conf_d
-    };
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        DEBOUNCE,
-        None,
-        move |res: notify_debouncer_full::DebounceEventResult| match res {
-            Ok(events) => {
-                let hit = events.iter().any(|ev| {
-                    !matches!(ev.event.kind, EventKind::Access(_))
-                        && ev.event.paths.iter().any(|p| relevant(p))
-                });
-                if hit {
-                    // Full channel: a reload is already pending, which will read the latest.
-                    let _ = tx.try_send(());
-                }
+type Debouncer = notify_debouncer_full::Debouncer<
+    notify::RecommendedWatcher,
+    notify_debouncer_full::RecommendedCache,
+>;
+
+/// Watches the directory of the main config and its `conf.d/` (not recursively: the main file
+/// may live in a big directory such as `/etc`) and sends one message per burst of relevant
+/// changes. Watching directories, not files, survives editors' and config management's
+/// rename-replace; `Access` events (our own reads) are ignored.
+struct ConfigWatcher {
+    debouncer: Debouncer,
+    conf_d: PathBuf,
+    conf_d_watched: bool,
+}
+
+impl ConfigWatcher {
+    fn start(main: &Path, tx: mpsc::Sender<()>) -> anyhow::Result<ConfigWatcher> {
+        let main_abs = std::path::absolute(main).context("cannot resolve the config path")?;
+        let dir = main_abs
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("/"));
+        let conf_d = dir.join("conf.d");
+        let relevant = {
+            let conf_d = conf_d.clone();
+            move |p: &Path| {
+                p == main_abs
+                    || p == conf_d
+                    || (p.parent() == Some(conf_d.as_path())
+                        && p.extension().is_some_and(|e| e == "toml"))
             }
-            Err(errors) => {
-                for e in errors {
-                    tracing::warn!(error = %e, "config watcher error");
+        };
+        let mut debouncer = notify_debouncer_full::new_debouncer(
+            DEBOUNCE,
+            None,
+            move |res: notify_debouncer_full::DebounceEventResult| match res {
+                Ok(events) => {
+                    let hit = events.iter().any(|ev| {
+                        !matches!(ev.event.kind, EventKind::Access(_))
+                            && ev.event.paths.iter().any(|p| relevant(p))
+                    });
+                    if hit {
+                        // Full channel: a reload is already pending and will read the latest.
+                        let _ = tx.try_send(());
+                    }
                 }
+                Err(errors) => {
+                    for e in errors {
+                        tracing::warn!(error = %e, "config watcher error");
+                    }
+                }
+            },
+        )
+        .context("cannot start the config watcher")?;
+        debouncer
+            .watch(&dir, RecursiveMode::NonRecursive)
+            .with_context(|| format!("cannot watch {}", dir.display()))?;
+        let mut w = ConfigWatcher {
+            debouncer,
+            conf_d,
+            conf_d_watched: false,
+        };
+        w.refresh();
+        Ok(w)
+    }
+
+    /// Watch `conf.d/` once it exists (it may be created after start; its creation is itself
+    /// an event in the watched parent, and the reload it triggers reads what is in it).
+    fn refresh(&mut self) {
+        if self.conf_d_watched || !self.conf_d.is_dir() {
+            return;
+        }
+        match self
+            .debouncer
+            .watch(&self.conf_d, RecursiveMode::NonRecursive)
+        {
+            Ok(()) => self.conf_d_watched = true,
+            Err(e) => {
+                tracing::warn!(dir = %self.conf_d.display(), error = %e, "cannot watch conf.d; use SIGHUP to reload")
             }
-        },
-    )
-    .context("cannot start the config watcher")?;
-    debouncer
-        .watch(&dir, RecursiveMode::Recursive)
-        .with_context(|| format!("cannot watch {}", dir.display()))?;
-    Ok(debouncer)
+        }
+    }
 }

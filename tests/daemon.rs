@@ -38,10 +38,39 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
     let s = Setup::new(&filesystem_source("one", one.path())).await;
     let log_path = s.dir.path().join("agent.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut child = s.agent().args(["-v", "run"]).stderr(log).spawn().unwrap();
+    // Stand in for systemd: the agent reports READY=1 and STATUS= on NOTIFY_SOCKET.
+    let notify_path = s.dir.path().join("notify.sock");
+    let notify_sock = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify_sock.set_nonblocking(true).unwrap();
+    let notes = std::sync::Mutex::new(String::new());
+    let notes_now = || {
+        let mut buf = [0u8; 4096];
+        let mut all = notes.lock().unwrap();
+        while let Ok(n) = notify_sock.recv(&mut buf) {
+            all.push_str(&String::from_utf8_lossy(&buf[..n]));
+            all.push('\n');
+        }
+        all.clone()
+    };
+    let mut child = s
+        .agent()
+        .env("NOTIFY_SOCKET", &notify_path)
+        .args(["-v", "run"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
 
     wait_for("first pass", || s.fake.data_sources().len() == 1).await;
+    wait_for("READY=1 after the first pass", || {
+        notes_now().contains("READY=1")
+    })
+    .await;
+    assert!(
+        notes_now().contains("STATUS=1/1 in sync"),
+        "{}",
+        notes_now()
+    );
 
     // A new drop-in, written by rename-replace.
     let conf_d = s.dir.path().join("conf.d");
@@ -63,6 +92,10 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
         "daemon must survive a bad config"
     );
     assert!(log().contains("cluster_id"), "{}", log());
+    wait_for("the failed reload in STATUS=", || {
+        notes_now().contains("config reload failed, running the last good config")
+    })
+    .await;
 
     // Fixed, with a changed path, applied on SIGHUP too (the watcher may beat it; either way one update).
     replace(
