@@ -335,3 +335,42 @@ async fn v2_signature_and_sts_token_are_accepted_by_the_strict_fake() {
     }
     assert_eq!(s.fake.data_sources().len(), 3);
 }
+
+#[tokio::test]
+async fn validate_reports_every_error_of_every_file_at_once() {
+    let s = Setup::new("").await;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/config/errors/agent.toml");
+    let out = s
+        .agent_for(&fixture)
+        .arg("validate")
+        .output()
+        .await
+        .unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 78, "{r:?}");
+    let dir = fixture.parent().unwrap().display().to_string();
+    for line in [
+        format!("{dir}/agent.toml:5:1: [agent]: probe_timout: unknown key"),
+        format!("{dir}/agent.toml:6:21: [agent]: probe_concurrency: invalid type"),
+        format!("{dir}/conf.d/10-first.toml:2:8: source scratch: path: must be an absolute path"),
+        format!(
+            "{dir}/conf.d/10-first.toml:8:52: source docs: schedule.every: \"1 day\" is not an ISO 8601 duration"
+        ),
+        format!(
+            "{dir}/conf.d/10-first.toml:9:43: source docs: speed_limit[0].to_hour: 25 is out of range 0-24"
+        ),
+        format!(
+            "{dir}/conf.d/20-second.toml:1:1: source lake: duplicate source name \"lake\": also defined at {dir}/conf.d/10-first.toml:11:1"
+        ),
+        format!(
+            "{dir}/conf.d/20-second.toml:11:20: source finance: password: environment variable FINANCE_PW_UNSET is not set"
+        ),
+        format!(
+            "{dir}/conf.d/20-second.toml:17:30: source archive: access_key_secret: cannot read secret file"
+        ),
+    ] {
+        assert!(r.stderr.contains(&line), "missing {line:?} in {r:?}");
+    }
+    assert!(r.stderr.contains("(9 error(s))"), "{r:?}");
+}

@@ -375,8 +375,6 @@ fn literal_secret_in_readable_file_warns() {
     assert_eq!(
         shown(dir.path(), &c.warnings),
         [
-            "agent.toml:6:17: warning: [control_plane]: access_key_id: literal secret in a file \
-             readable by group/others (mode 0644): use { file = ... } or chmod 600",
             "agent.toml:7:21: warning: [control_plane]: access_key_secret: literal secret in a \
              file readable by group/others (mode 0644): use { file = ... } or chmod 600",
         ]

@@ -52,6 +52,11 @@ impl Setup {
     /// The agent binary with the fake's credentials in the environment and nothing else from
     /// this machine's (no real metadata service, no ~/.alibabacloud).
     pub fn agent(&self) -> tokio::process::Command {
+        self.agent_for(&self.config)
+    }
+
+    /// As [`Setup::agent`], with another main config file.
+    pub fn agent_for(&self, config: &Path) -> tokio::process::Command {
         let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_hbr-source-agent"));
         c.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -66,7 +71,7 @@ impl Setup {
             )
             .env("ALIBABA_CLOUD_ECS_METADATA_DISABLED", "true")
             .arg("--config")
-            .arg(&self.config)
+            .arg(config)
             .kill_on_drop(true);
         c
     }
