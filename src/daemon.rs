@@ -70,6 +70,8 @@ struct Daemon {
     last_results: BTreeMap<String, SourceResult>,
     /// Set when the last pass could not run at all (HBR unreadable).
     pass_error: Option<String>,
+    /// Passes in a row that left work undone because of HBR (not because of a probe).
+    failed_passes: u32,
     reload_ok: bool,
 }
 
@@ -101,6 +103,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         key,
         last_results: BTreeMap::new(),
         pass_error: None,
+        failed_passes: 0,
         reload_ok: true,
     };
 
@@ -111,7 +114,7 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status_line())]);
 
     loop {
-        let wait = jittered(d.cfg.agent.reprobe_interval);
+        let wait = jittered(d.next_pass_in());
         let trigger = tokio::select! {
             why = signals.stop() => return d.shutdown(why),
             _ = hup.recv() => Trigger::Reload("SIGHUP"),
@@ -157,6 +160,19 @@ async fn guarded<F: Future<Output = ()>>(work: F, signals: &mut Signals) -> Opti
     }
 }
 
+/// After a pass that could not finish (HBR unreachable, throttled, refused), the next one comes
+/// sooner: from one minute, doubling, up to `reprobe_interval`.
+const RETRY_FIRST: Duration = Duration::from_secs(60);
+
+fn next_pass_in(failed_passes: u32, interval: Duration) -> Duration {
+    match failed_passes {
+        0 => interval,
+        n => RETRY_FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(interval),
+    }
+}
+
 /// `base` ± 10 %, so that a fleet started together does not call HBR in step.
 fn jittered(base: Duration) -> Duration {
     let f: f64 = 0.9 + rand::random::<f64>() * 0.2;
@@ -164,6 +180,11 @@ fn jittered(base: Duration) -> Duration {
 }
 
 impl Daemon {
+    /// When the next anti-entropy pass is due (before jitter).
+    fn next_pass_in(&self) -> Duration {
+        next_pass_in(self.failed_passes, self.cfg.agent.reprobe_interval)
+    }
+
     fn status_line(&self) -> String {
         let mut s = match &self.pass_error {
             Some(e) => format!("reconcile failed: {e}"),
@@ -193,10 +214,20 @@ impl Daemon {
         match result {
             Ok(report) => {
                 self.pass_error = None;
+                let hbr_failed = report
+                    .sources
+                    .iter()
+                    .any(|s| s.outcome == reconcile::Outcome::Failed);
+                self.failed_passes = if hbr_failed {
+                    self.failed_passes + 1
+                } else {
+                    0
+                };
                 self.record(report);
             }
             Err(e) => {
-                tracing::error!(error = %e, "reconcile pass failed; will retry at the next trigger");
+                self.failed_passes += 1;
+                tracing::error!(error = %e, retry_in = ?self.next_pass_in(), "reconcile pass failed; retrying");
                 self.pass_error = Some(e.to_string());
             }
         }
@@ -413,6 +444,34 @@ impl ConfigWatcher {
             Err(e) => {
                 tracing::warn!(dir = %self.conf_d.display(), error = %e, "cannot watch conf.d; use SIGHUP to reload")
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_passes_retry_sooner_with_backoff() {
+        let hour = Duration::from_secs(3600);
+        assert_eq!(next_pass_in(0, hour), hour);
+        assert_eq!(next_pass_in(1, hour), Duration::from_secs(60));
+        assert_eq!(next_pass_in(2, hour), Duration::from_secs(120));
+        assert_eq!(next_pass_in(7, hour), hour);
+        assert_eq!(next_pass_in(u32::MAX, hour), hour);
+        assert_eq!(
+            next_pass_in(1, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        let base = Duration::from_secs(3600);
+        for _ in 0..1000 {
+            let j = jittered(base);
+            assert!(j >= base.mul_f64(0.9) && j <= base.mul_f64(1.1), "{j:?}");
         }
     }
 }

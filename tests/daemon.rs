@@ -130,3 +130,47 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
     assert!(st["sources"]["one"]["data_source_id"].is_string());
     assert!(st["sources"]["two"]["data_source_id"].is_string());
 }
+
+#[tokio::test]
+async fn anti_entropy_repairs_console_edits_and_removals() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("one", data.path())).await;
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "probe_timeout = \"5s\"",
+        "probe_timeout = \"5s\"\nreprobe_interval = \"1s\"",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let mut child = s.agent().arg("run").spawn().unwrap();
+    wait_for("first pass", || s.fake.data_sources().len() == 1).await;
+    let id = s.fake.data_sources()[0].data_source_id.clone();
+
+    // Edited in the console: set back.
+    s.fake.edit_data_source(&id, |d| {
+        d.connection_info = Some(r#"{"path":"/somewhere/else"}"#.into())
+    });
+    wait_for("the repair", || {
+        s.fake.data_sources()[0]
+            .connection_info
+            .as_deref()
+            .is_some_and(|c| c.contains(&*data.path().to_string_lossy()))
+    })
+    .await;
+
+    // Removed in the console: added again, once.
+    s.fake.remove_data_source(&id);
+    wait_for("the re-add", || s.fake.data_sources().len() == 1).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        s.fake.data_sources().len(),
+        1,
+        "{:?}",
+        s.fake.data_sources()
+    );
+
+    signal(&child, rustix::process::Signal::TERM);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -121,6 +121,7 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
         &["status"],
         &["status", "--json"],
         &["--log-format", "json", "apply", "--json"],
+        &["explain", "PATH_NOT_MOUNTED"],
     ];
     for args in commands {
         let r = Run::from(agent(args).output().await.unwrap());
