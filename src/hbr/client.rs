@@ -207,6 +207,15 @@ pub fn build_signed_request(
 }
 
 /// Result of AddDataSource.
+enum Listing {
+    Complete(Vec<RemoteDataSource>),
+    /// `TotalCount` changed between pages.
+    Shifted {
+        first: u64,
+        later: u64,
+    },
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
     pub data_source_id: String,
@@ -306,13 +315,45 @@ impl HbrClient {
         self.execute(action, &pairs, idempotent).await
     }
 
-    /// Every data source of the client group, all pages.
+    /// Every data source of the client group, all pages. HBR pages by offset, so a source
+    /// added or removed elsewhere between two pages shifts the rest and one could be missed —
+    /// and a missed name would be added twice. So the listing starts over when the
+    /// `TotalCount` changes under it, and items are deduplicated by id.
     pub async fn describe_data_sources(
         &self,
         cluster_id: &str,
     ) -> Result<Vec<RemoteDataSource>, HbrError> {
+        const ATTEMPTS: usize = 3;
+        let mut last = None;
+        for _ in 0..ATTEMPTS {
+            match self.describe_pages(cluster_id).await? {
+                Listing::Complete(all) => return Ok(all),
+                Listing::Shifted { first, later } => {
+                    tracing::debug!(
+                        first,
+                        later,
+                        "data sources changed while paging; listing again"
+                    );
+                    last = Some((first, later));
+                }
+            }
+        }
+        let (first, later) = last.unwrap_or_default();
+        Err(HbrError::Decode {
+            action: "DescribeDataSources".into(),
+            http_status: 200,
+            request_id: String::new(),
+            message: format!(
+                "the data sources kept changing while being listed (TotalCount {first}, then \
+                 {later}, {ATTEMPTS} times); try again"
+            ),
+        })
+    }
+
+    async fn describe_pages(&self, cluster_id: &str) -> Result<Listing, HbrError> {
         const ACTION: &str = "DescribeDataSources";
-        let mut all = Vec::new();
+        let mut all: Vec<RemoteDataSource> = Vec::new();
+        let mut first_total = None;
         for page in 1..=MAX_DESCRIBE_PAGES {
             let params = vec![
                 ("ClusterId".to_string(), cluster_id.to_string()),
@@ -336,6 +377,13 @@ impl HbrClient {
                 Some(_) => return Err(decode("DataSources is not a list".into())),
             };
             let total = body.get("TotalCount").and_then(as_u64);
+            match (first_total, total) {
+                (None, t) => first_total = Some(t),
+                (Some(Some(first)), Some(later)) if first != later => {
+                    return Ok(Listing::Shifted { first, later });
+                }
+                _ => {}
+            }
             // The server may cap the page size below what was asked; its echo says.
             let page_size = body
                 .get("PageSize")
@@ -345,15 +393,18 @@ impl HbrClient {
             for item in items {
                 let ds: RemoteDataSource = serde_json::from_value(item)
                     .map_err(|e| decode(format!("a data source: {e}")))?;
-                all.push(ds);
+                if !all.iter().any(|d| d.data_source_id == ds.data_source_id) {
+                    all.push(ds);
+                }
             }
+            let seen = (page - 1) * DESCRIBE_PAGE_SIZE.min(page_size.max(1)) + n;
             let done = match total {
                 _ if n == 0 => true,
-                Some(t) => all.len() as u64 >= t,
+                Some(t) => seen as u64 >= t,
                 None => n < page_size.max(1),
             };
             if done {
-                return Ok(all);
+                return Ok(Listing::Complete(all));
             }
         }
         Err(HbrError::Decode {
@@ -1033,6 +1084,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn describe_starts_over_when_the_list_shifts_under_it() {
+        // Page 2 of the first listing comes after a removal elsewhere (TotalCount 150 → 149):
+        // an offset page would skip an item, so the listing starts over.
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(0usize));
+        let c = calls.clone();
+        let (url, _) = fake(move |s, _| {
+            let p: usize = s.param("PageNumber").unwrap().parse().unwrap();
+            let mut n = c.lock().unwrap();
+            *n += 1;
+            let body = match (*n, p) {
+                (1, 1) => page(99, 0, 150),
+                (2, 2) => page(50, 100, 149),
+                (_, 1) => page(99, 0, 149),
+                (_, _) => page(50, 99, 149),
+            };
+            (200, vec![], body)
+        })
+        .await;
+        let all = client(&url, SignatureVersion::V3, false)
+            .describe_data_sources("cl-1")
+            .await
+            .unwrap();
+        assert_eq!(*calls.lock().unwrap(), 4);
+        assert_eq!(all.len(), 149);
+        assert!(
+            all.iter().any(|d| d.data_source_id == "ds-99"),
+            "the shifted item is not lost"
+        );
+    }
+
+    #[tokio::test]
     async fn describe_stops_on_a_server_that_never_ends() {
         // TotalCount lies (never reached) but pages run dry: stop at the empty page.
         let (url, seen) = fake(|s, _| {
@@ -1041,7 +1123,7 @@ mod tests {
                 200,
                 vec![],
                 if p <= 2 {
-                    page(99, 0, 100_000)
+                    page(99, (p - 1) * 99, 100_000)
                 } else {
                     page(0, 0, 100_000)
                 },
