@@ -54,8 +54,8 @@ pub enum StateError {
     #[error("cannot create state directory {path}: {source}")]
     CreateDir { path: PathBuf, source: io::Error },
     #[error(
-        "another hbr-source-agent is applying with state directory {dir} (lock {lock} is held); \
-         wait for it or stop it"
+        "another hbr-source-agent holds {lock} (the service holds it while it runs); to make \
+         the service apply now: systemctl reload hbr-source-agent"
     )]
     Locked { dir: PathBuf, lock: PathBuf },
     #[error("{action} {path}: {source}")]
