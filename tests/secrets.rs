@@ -168,7 +168,9 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
         );
     }
     // The checks above must have had something to search.
-    assert!(seen.contains("finance") && seen.contains("TRACE") || seen.contains("trace"));
+    assert!(seen.contains("finance"), "source names are shown");
+    assert!(seen.contains("TRACE"), "trace-level logs were captured");
+    assert!(seen.contains("\"schema\": 1"), "the state file was read");
 
     // HBR received each Credential exactly where it must, and the control-plane secret nowhere.
     let stored = fake.data_sources();
