@@ -23,6 +23,8 @@ use crate::state::{State, StateStore};
 
 /// How long SIGTERM waits for a pass in flight before abandoning it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How far each `EXTEND_TIMEOUT_USEC` during the first pass pushes systemd's start timeout.
+const START_EXTENSION: Duration = Duration::from_secs(60);
 /// Config file events closer together than this are one reload.
 const DEBOUNCE: Duration = Duration::from_millis(500);
 
@@ -107,8 +109,25 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         reload_ok: true,
     };
 
-    let stopped = guarded(d.pass(None), &mut signals).await;
-    if let Some(why) = stopped {
+    // READY=1 comes after the first pass, whose length depends on the endpoints and HBR. Every
+    // probe and call in it has a deadline, so it ends; but many sources behind a throttling
+    // HBR can outlast TimeoutStartSec, so the start timeout is extended while it runs.
+    notify(&[NotifyState::Status("first reconcile pass")]);
+    let first_pass = async {
+        let keep_alive = async {
+            loop {
+                notify(&[NotifyState::ExtendTimeoutUsec(
+                    START_EXTENSION.as_micros() as u32
+                )]);
+                tokio::time::sleep(START_EXTENSION / 3).await;
+            }
+        };
+        tokio::select! {
+            () = d.pass(None) => {}
+            () = keep_alive => {}
+        }
+    };
+    if let Some(why) = guarded(first_pass, &mut signals).await {
         return d.shutdown(why);
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status_line())]);
