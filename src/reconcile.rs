@@ -415,7 +415,10 @@ async fn reconcile_source<R: Registry>(
                         }
                         None => {
                             result.outcome = Outcome::Failed;
-                            result.detail = format!("AddDataSource did not take effect: {e}");
+                            result.detail = format!(
+                                "AddDataSource outcome unknown ({e}) and HBR does not list it \
+                                 yet; the next pass looks again before adding"
+                            );
                         }
                     },
                     Err(e2) => {

@@ -374,3 +374,39 @@ async fn validate_reports_every_error_of_every_file_at_once() {
     }
     assert!(r.stderr.contains("(9 error(s))"), "{r:?}");
 }
+
+#[tokio::test]
+async fn an_add_that_times_out_but_takes_effect_is_never_added_twice() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("timeout = \"3s\"", "timeout = \"1s\"");
+    std::fs::write(&s.config, text).unwrap();
+    // HBR applies the add after the client has given up on the answer.
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::Slow {
+            count: 1,
+            delay: std::time::Duration::from_millis(2500),
+        },
+    );
+    let first = s.run(&["apply"]).await;
+    // The outcome could not be known in time: reported, not retried blindly.
+    assert_eq!(first.code, 1, "{first:?}");
+    assert!(first.stdout.contains("AddDataSource"), "{first:?}");
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    assert_eq!(s.fake.data_sources().len(), 1, "the slow add took effect");
+
+    let second = s.run(&["apply"]).await;
+    assert_eq!(second.code, 0, "{second:?}");
+    assert!(second.stdout.contains("adopted"), "{second:?}");
+    assert_eq!(s.fake.data_sources().len(), 1, "never added twice");
+    let adds = s
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("AddDataSource"))
+        .count();
+    assert_eq!(adds, 1);
+}
