@@ -170,13 +170,11 @@ pub async fn probe_source(source: &Source, deadline: Duration) -> ProbeReport {
     let run = async {
         match &source.spec {
             SourceSpec::Filesystem(spec) => filesystem::probe(spec, &mut rec).await,
-            other => {
-                rec.start(Layer::Resolve);
-                Err(Failed::new(
-                    Code::PROBE_NOT_IMPLEMENTED,
-                    format!("this build cannot probe [{}] sources yet", other.kind()),
-                ))
-            }
+            // No layer ran: the report shows none.
+            other => Err(Failed::new(
+                Code::PROBE_NOT_IMPLEMENTED,
+                format!("this build cannot probe [{}] sources yet", other.kind()),
+            )),
         }
     };
     let result = match tokio::time::timeout(deadline, run).await {
