@@ -334,10 +334,9 @@ impl Daemon {
         }
     }
 
-    fn shutdown(mut self, why: &'static str) -> anyhow::Result<ExitCode> {
+    fn shutdown(self, why: &'static str) -> anyhow::Result<ExitCode> {
         notify(&[NotifyState::Stopping]);
         tracing::info!(signal = why, "stopping");
-        self.state.cluster_id = self.cfg.agent.cluster_id.clone();
         self.store.save(&self.state)?;
         Ok(ExitCode::from(exit::OK))
     }

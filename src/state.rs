@@ -156,10 +156,6 @@ impl StateStore {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     pub fn load(&self) -> Result<State, StateError> {
         read(&self.dir)
     }

@@ -303,18 +303,6 @@ impl HbrClient {
         self
     }
 
-    /// Any action with non-secret parameters; returns the JSON answer and its RequestId.
-    /// Actions named `Add*`/`Create*` are treated as not idempotent (see [`HbrError::OutcomeUnknown`]).
-    pub async fn call(
-        &self,
-        action: &str,
-        params: &BTreeMap<String, String>,
-    ) -> Result<(Value, String), HbrError> {
-        let idempotent = !(action.starts_with("Add") || action.starts_with("Create"));
-        let pairs: Vec<_> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        self.execute(action, &pairs, idempotent).await
-    }
-
     /// Every data source of the client group, all pages. HBR pages by offset, so a source
     /// added or removed elsewhere between two pages shifts the rest and one could be missed —
     /// and a missed name would be added twice. So the listing starts over when the
