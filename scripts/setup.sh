@@ -14,6 +14,15 @@ APT_PACKAGES=(
   python3 python3-pip         # the SDK signature cross-check
   util-linux                  # setpriv: tests drop root to check permission errors
   systemd                     # systemd-analyze for the unit checks
+  libsmbclient-dev            # pavao (SMB probe) links libsmbclient; smbclient.pc for pavao-sys
+  samba smbclient             # test server smbd, and smbclient for comparison benchmarks
+  rpcbind nfs-common          # portmapper for the NFS test server; rpcinfo/showmount
+  nfs-ganesha nfs-ganesha-vfs # user-space NFSv3 test server
+  libnfs-utils                # nfs-ls: the user-space NFS client operators compare with
+  openjdk-17-jre-headless     # the real Hadoop NameNode/DataNode used by the HDFS tests
+  libjersey1-server-java libjersey1-servlet-java libjersey1-core-java  # Hadoop's WebHDFS jars
+  openssl                     # test CA and certificates for the TLS tests
+  curl                        # readiness checks of the test servers
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -77,6 +77,20 @@ catalogue! {
         "The TCP connection did not complete in time.",
         "A firewall on the way probably drops the packets, or the host is down. Check routing \
          and security groups between this host and the server.";
+    TCP_UNREACHABLE =>
+        "There is no route to the server (host or network unreachable).",
+        "Check the address, this host's routes (ip route get ADDRESS) and that the server is \
+         up; an ICMP unreachable from a firewall looks like this too.";
+
+    // ---- NFS v3: nas (nfs), cpfs, bmcpfs ----
+
+    // ---- SMB: nas (smb) ----
+
+    // ---- S3-compatible object storage ----
+
+    // ---- HDFS ----
+
+    // ---- end of probe codes ----
 }
 
 impl Code {

@@ -14,13 +14,18 @@
 
 pub mod codes;
 pub mod filesystem;
+pub mod hdfs;
+pub mod net;
+pub mod nfs;
+pub mod s3;
+pub mod smb;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::config::{Source, SourceSpec};
+use crate::config::{NasProtocol, Source, SourceSpec};
 pub use codes::Code;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -95,6 +100,8 @@ pub struct Recorder {
     warnings: Vec<Finding>,
     facts: BTreeMap<String, String>,
     current: Option<(Layer, Instant)>,
+    deadline: Instant,
+    budget: Duration,
 }
 
 /// A probe's failure: the code and one-line reason (the layer is the one that was running).
@@ -111,13 +118,47 @@ impl Failed {
 }
 
 impl Recorder {
-    fn new() -> Self {
+    fn new(budget: Duration) -> Self {
         Recorder {
             layers: Vec::new(),
             warnings: Vec::new(),
             facts: BTreeMap::new(),
             current: None,
+            deadline: Instant::now() + budget,
+            budget,
         }
+    }
+
+    /// When the probe as a whole must end. Probes bound every network call by it (see
+    /// [`Recorder::within`]) so that a silent server fails with the step it hung in.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Run one network step under the probe's deadline. When the deadline passes first, the
+    /// probe fails with `PROBE_TIMEOUT` and a reason that names `step` ("no answer to
+    /// portmapper GETPORT within probe_timeout (15s)").
+    pub async fn within<T>(
+        &self,
+        step: &str,
+        fut: impl std::future::Future<Output = T>,
+    ) -> Result<T, Failed> {
+        tokio::time::timeout_at(self.deadline.into(), fut)
+            .await
+            .map_err(|_| {
+                Failed::new(
+                    Code::PROBE_TIMEOUT,
+                    format!(
+                        "no answer to {step} within probe_timeout ({})",
+                        humantime::format_duration(self.budget)
+                    ),
+                )
+            })
     }
 
     /// Start a layer (ending the previous one as passed, with no detail, if still open).
@@ -163,21 +204,29 @@ impl Recorder {
     }
 }
 
+/// Extra time the outer bound of [`probe_source`] allows after the probe's own deadline, so
+/// that a probe's [`Recorder::within`] fires first and names the step that hung.
+const OUTER_GRACE: Duration = Duration::from_millis(250);
+
 /// Probe one source under `deadline` (all layers together).
 pub async fn probe_source(source: &Source, deadline: Duration) -> ProbeReport {
     let t0 = Instant::now();
-    let mut rec = Recorder::new();
+    let mut rec = Recorder::new(deadline);
     let run = async {
         match &source.spec {
             SourceSpec::Filesystem(spec) => filesystem::probe(spec, &mut rec).await,
-            // No layer ran: the report shows none.
-            other => Err(Failed::new(
-                Code::PROBE_NOT_IMPLEMENTED,
-                format!("this build cannot probe [{}] sources yet", other.kind()),
-            )),
+            SourceSpec::Nas(spec) => match spec.protocol {
+                NasProtocol::Nfs => nfs::probe_nas(spec, &mut rec).await,
+                NasProtocol::Smb => smb::probe(spec, &mut rec).await,
+            },
+            SourceSpec::Cpfs(spec) | SourceSpec::Bmcpfs(spec) => {
+                nfs::probe_cpfs(spec, &mut rec).await
+            }
+            SourceSpec::Hdfs(spec) => hdfs::probe(spec, &mut rec).await,
+            SourceSpec::S3(spec) => s3::probe(spec, &mut rec).await,
         }
     };
-    let result = match tokio::time::timeout(deadline, run).await {
+    let result = match tokio::time::timeout(deadline + OUTER_GRACE, run).await {
         Ok(r) => r,
         Err(_) => Err(Failed::new(
             Code::PROBE_TIMEOUT,

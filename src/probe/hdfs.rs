@@ -1,0 +1,11 @@
+//! The hdfs probe (placeholder until its issue lands: it reports PROBE_NOT_IMPLEMENTED).
+
+use super::{Code, Failed, Recorder};
+use crate::config::HdfsSpec;
+
+pub async fn probe(_spec: &HdfsSpec, _rec: &mut Recorder) -> Result<(), Failed> {
+    Err(Failed::new(
+        Code::PROBE_NOT_IMPLEMENTED,
+        "this build cannot probe this kind of source yet",
+    ))
+}
