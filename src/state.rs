@@ -150,6 +150,7 @@ impl StateStore {
             }
             Err(e) => return Err(io_err("cannot lock", &lock_path)(e.into())),
         }
+        remove_stale_temporaries(dir);
         Ok(StateStore {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -186,6 +187,20 @@ impl StateStore {
     /// The per-host key for secret HMACs, created (0600, 32 random bytes) on first use.
     pub fn hmac_key(&self) -> Result<Vec<u8>, StateError> {
         hmac_key(&self.dir, true)
+    }
+}
+
+/// A process killed while it wrote the state leaves its temporary file (`.state.json.XXXXXX`)
+/// behind; `state.json` itself is intact (it is replaced by rename). Only the lock holder
+/// writes, so once the lock is held every such file is stale.
+fn remove_stale_temporaries(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_name().to_string_lossy().starts_with(".state.json.") {
+            let _ = fs::remove_file(e.path());
+        }
     }
 }
 

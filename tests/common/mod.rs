@@ -76,6 +76,28 @@ impl Setup {
         c
     }
 
+    /// As [`Setup::agent`], but as user and group nobody (65534) when the tests run as root,
+    /// as the service's own user would be: root reads and writes anything.
+    pub fn agent_as_nobody(&self) -> tokio::process::Command {
+        let agent = self.agent();
+        let std = agent.as_std();
+        if !rustix::process::geteuid().is_root() {
+            return agent;
+        }
+        let mut c = tokio::process::Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(std.get_program())
+            .args(std.get_args())
+            .env_clear()
+            .kill_on_drop(true);
+        for (k, v) in std.get_envs() {
+            if let Some(v) = v {
+                c.env(k, v);
+            }
+        }
+        c
+    }
+
     pub async fn run(&self, args: &[&str]) -> Run {
         let out = self.agent().args(args).output().await.unwrap();
         Run::from(out)

@@ -483,6 +483,11 @@ impl FakeHbr {
             .push_back((fault, Some(action.to_string())));
     }
 
+    /// Drops every fault not yet used up.
+    pub fn clear_faults(&self) {
+        lock(&self.state).faults.clear();
+    }
+
     /// Faults not yet used up.
     pub fn pending_faults(&self) -> Vec<Fault> {
         lock(&self.state)

@@ -1,0 +1,360 @@
+//! Faults: HBR misbehaving, the agent killed mid-registration, a damaged state file. Each test
+//! asserts what an operator relies on: every source ends registered exactly once, failures
+//! name HBR's Code and RequestId, and nothing panics.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn adds_applied(s: &Setup) -> usize {
+    s.writes()
+        .iter()
+        .filter(|r| r.action.as_deref() == Some("AddDataSource"))
+        .count()
+}
+
+fn requests_for(s: &Setup, action: &str) -> Vec<fake_hbr::RecordedRequest> {
+    s.fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.action.as_deref() == Some(action))
+        .collect()
+}
+
+/// One source; after the fault, a clean `apply` must leave exactly one registration.
+async fn converge_once(s: &Setup) {
+    let again = s.run(&["apply"]).await;
+    assert_eq!(again.code, 0, "{again:?}");
+    let ds = s.fake.data_sources();
+    assert_eq!(ds.len(), 1, "exactly one registration: {ds:?}");
+    assert_eq!(ds[0].data_source_name, "scratch");
+    let state = s.state();
+    assert_eq!(
+        state["sources"]["scratch"]["data_source_id"].as_str(),
+        Some(ds[0].data_source_id.as_str()),
+        "the state file records the registration: {state}"
+    );
+}
+
+#[tokio::test]
+async fn persistent_throttling_gives_up_within_a_bound_and_names_code_and_request_id() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake.inject(Fault::Throttle {
+        count: 1000,
+        action: Some("AddDataSource".into()),
+    });
+    let t0 = Instant::now();
+    let r = s.run(&["apply"]).await;
+    let took = t0.elapsed();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(took < Duration::from_secs(30), "gave up after {took:?}");
+    let tries = requests_for(&s, "AddDataSource");
+    assert!(tries.len() >= 2, "throttling is retried: {}", tries.len());
+    assert!(tries.len() <= 5, "retries are bounded: {}", tries.len());
+    assert!(r.stdout.contains("Throttling.User"), "{r:?}");
+    let last = &tries[tries.len() - 1].request_id;
+    assert!(
+        r.stdout.contains(last),
+        "the RequestId {last} is reported: {r:?}"
+    );
+    assert!(s.fake.data_sources().is_empty());
+    s.fake.clear_faults();
+    converge_once(&s).await;
+}
+
+#[tokio::test]
+async fn persistent_5xx_on_add_is_retried_bounded_and_never_applied_twice() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::ServerError {
+            count: 1000,
+            status: 503,
+        },
+    );
+    let t0 = Instant::now();
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let tries = requests_for(&s, "AddDataSource");
+    assert!((2..=5).contains(&tries.len()), "{} attempts", tries.len());
+    assert!(r.stdout.contains("ServiceUnavailable"), "{r:?}");
+    assert!(
+        r.stdout.contains(&tries[tries.len() - 1].request_id),
+        "{r:?}"
+    );
+    s.fake.clear_faults();
+    converge_once(&s).await;
+    assert_eq!(adds_applied(&s), 1);
+}
+
+#[tokio::test]
+async fn success_false_at_200_is_a_failure_reported_once_not_retried() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::Failure {
+            count: 1,
+            code: "DataSourceQuotaExceeded".into(),
+            message: "quota exceeded".into(),
+            http_status: 200,
+        },
+    );
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    let tries = requests_for(&s, "AddDataSource");
+    assert_eq!(tries.len(), 1, "a definite refusal is not retried");
+    assert!(r.stdout.contains("DataSourceQuotaExceeded"), "{r:?}");
+    assert!(r.stdout.contains(&tries[0].request_id), "{r:?}");
+    assert!(s.fake.data_sources().is_empty());
+    converge_once(&s).await;
+}
+
+#[tokio::test]
+async fn a_hung_describe_is_retried_then_reported_and_nothing_is_added() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    // control_plane.timeout is 3s in the test config: every attempt hangs past it.
+    s.fake.inject_for(
+        "DescribeDataSources",
+        Fault::Slow {
+            count: 1000,
+            delay: Duration::from_secs(60),
+        },
+    );
+    let t0 = Instant::now();
+    let r = s.run(&["apply"]).await;
+    let took = t0.elapsed();
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(took < Duration::from_secs(60), "bounded: {took:?}");
+    assert!(requests_for(&s, "AddDataSource").is_empty(), "{r:?}");
+    assert!(r.stderr.contains("DescribeDataSources"), "{r:?}");
+    s.fake.clear_faults();
+    converge_once(&s).await;
+}
+
+#[tokio::test]
+async fn a_dropped_add_is_not_retried_blindly_and_the_next_pass_adds_once() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake
+        .inject_for("AddDataSource", Fault::Drop { count: 1000 });
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    // The request may have reached HBR: sending it again could register it twice.
+    assert_eq!(requests_for(&s, "AddDataSource").len(), 1, "{r:?}");
+    assert!(s.fake.data_sources().is_empty());
+    s.fake.clear_faults();
+    converge_once(&s).await;
+    assert_eq!(adds_applied(&s), 1);
+}
+
+#[tokio::test]
+async fn a_dropped_describe_is_retried() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake
+        .inject_for("DescribeDataSources", Fault::Drop { count: 2 });
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(s.fake.data_sources().len(), 1);
+}
+
+// ---- SIGKILL at each step of a registration, then a restart ----
+
+/// Starts `apply`, waits until the fake has seen `action`, then SIGKILLs the agent.
+async fn kill_during(s: &Setup, action: &str) {
+    let mut child = s
+        .agent()
+        .arg("apply")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while requests_for(s, action).is_empty() && s.fake.pending_faults().len() == 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "{action} never came"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The fault is taken when the request arrives; the answer is still pending.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    child.start_kill().unwrap();
+    let status = child.wait().await.unwrap();
+    assert!(!status.success());
+}
+
+#[tokio::test]
+async fn killed_before_the_add_then_restarted_registers_once() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    s.fake.inject_for(
+        "DescribeDataSources",
+        Fault::Slow {
+            count: 1,
+            delay: Duration::from_secs(2),
+        },
+    );
+    kill_during(&s, "DescribeDataSources").await;
+    assert!(requests_for(&s, "AddDataSource").is_empty());
+    converge_once(&s).await;
+    assert_eq!(adds_applied(&s), 1);
+}
+
+#[tokio::test]
+async fn killed_after_hbr_accepted_the_add_but_before_the_state_was_written() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    // HBR applies the add 1.5 s after it arrives; the agent is killed while it waits.
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::Slow {
+            count: 1,
+            delay: Duration::from_millis(1500),
+        },
+    );
+    kill_during(&s, "AddDataSource").await;
+    let t0 = Instant::now();
+    while s.fake.data_sources().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !s.state_dir.join("state.json").exists()
+            || s.state()["sources"]["scratch"]["data_source_id"].is_null(),
+        "the agent died before recording the id"
+    );
+    // The restart finds the name in HBR and adopts it.
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("adopted"), "{r:?}");
+    converge_once(&s).await;
+    assert_eq!(
+        requests_for(&s, "AddDataSource").len(),
+        1,
+        "never sent twice"
+    );
+}
+
+#[tokio::test]
+async fn killed_during_the_state_write_leaves_a_valid_state() {
+    // The state is written to a temporary file, synced, then renamed over state.json: a kill
+    // during the write leaves the old file and a partial temporary one. Recreate exactly that.
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    converge_once(&s).await;
+    let before = std::fs::read(s.state_dir.join("state.json")).unwrap();
+    std::fs::write(
+        s.state_dir.join(".state.json.AbCd12"),
+        &before[..before.len() / 2],
+    )
+    .unwrap();
+    // A second source makes the next pass write the state again.
+    let more = mounted_dir();
+    s.write_config(&format!(
+        "{}{}",
+        filesystem_source("scratch", data.path()),
+        filesystem_source("more", more.path())
+    ));
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let state = s.state();
+    assert!(state["sources"]["scratch"]["data_source_id"].is_string());
+    assert!(state["sources"]["more"]["data_source_id"].is_string());
+    assert_eq!(s.fake.data_sources().len(), 2);
+    assert_eq!(adds_applied(&s), 2);
+    assert!(
+        !s.state_dir.join(".state.json.AbCd12").exists(),
+        "the stale temporary file is cleaned up"
+    );
+}
+
+// ---- a damaged state file ----
+
+async fn registered_then_state_replaced(contents: &[u8]) -> (Setup, tempfile::TempDir) {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    converge_once(&s).await;
+    std::fs::write(s.state_dir.join("state.json"), contents).unwrap();
+    (s, data)
+}
+
+#[tokio::test]
+async fn a_truncated_state_file_is_set_aside_and_names_are_looked_up() {
+    let (s, _data) = registered_then_state_replaced(b"{\"schema\": 1, \"sour").await;
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("state file is damaged"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert_eq!(
+        adds_applied(&s),
+        1,
+        "no duplicate: the name was found in HBR"
+    );
+    assert_eq!(s.fake.data_sources().len(), 1);
+    let aside = std::fs::read_dir(&s.state_dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .any(|e| e.file_name().to_string_lossy().contains("damaged"));
+    assert!(aside, "the damaged copy is kept for whoever investigates");
+    assert!(s.state()["sources"]["scratch"]["data_source_id"].is_string());
+}
+
+#[tokio::test]
+async fn a_garbage_state_file_is_set_aside_and_names_are_looked_up() {
+    let (s, _data) = registered_then_state_replaced(&[0xff, 0x00, 0x13, b'{', 0x80]).await;
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(adds_applied(&s), 1);
+    assert_eq!(s.fake.data_sources().len(), 1);
+}
+
+#[tokio::test]
+async fn a_state_file_from_a_newer_agent_stops_with_a_clear_message() {
+    let (s, _data) = registered_then_state_replaced(b"{\"schema\": 99, \"sources\": {}}\n").await;
+    let r = s.run(&["apply"]).await;
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("schema 99"), "{r:?}");
+    assert!(r.stderr.contains("upgrade the agent"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert_eq!(adds_applied(&s), 1, "nothing was added");
+    // The newer file is left as it is for the newer agent.
+    assert_eq!(s.state()["schema"], 99);
+}
+
+#[tokio::test]
+async fn an_unwritable_state_directory_is_reported_with_its_path() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run the agent as another user; CI runs as root");
+        return;
+    }
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    // The state directory belongs to root; the agent runs as nobody. It may read the
+    // config and the data, but cannot create files in the state directory.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(&s.state_dir).unwrap();
+    for p in [s.dir.path(), data.path(), &s.state_dir] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&s.config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let r = Run::from(s.agent_as_nobody().arg("apply").output().await.unwrap());
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(
+        r.stderr.contains(&s.state_dir.display().to_string()),
+        "the message names the state directory: {r:?}"
+    );
+    assert!(r.stderr.contains("ermission denied"), "{r:?}");
+    assert!(!r.stderr.contains("panicked"), "{r:?}");
+    assert!(
+        s.fake.data_sources().is_empty(),
+        "nothing is registered that could not be recorded"
+    );
+}
