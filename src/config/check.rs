@@ -19,6 +19,14 @@ pub(super) fn absolute_path(s: &str) -> Result<PathBuf, String> {
     if s.chars().any(char::is_control) {
         return Err("must not contain control characters".into());
     }
+    // HBR is given the path as written and the probe checks it as written; a `..` would make
+    // what the operator reviewed differ from what is backed up (and from what a server
+    // resolves it to).
+    if s.split('/').any(|c| c == ".." || c == ".") {
+        return Err(format!(
+            "must not contain \".\" or \"..\" components, got {s:?}; write the path itself"
+        ));
+    }
     Ok(PathBuf::from(s))
 }
 

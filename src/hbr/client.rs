@@ -718,6 +718,9 @@ fn classify(
 
 #[cfg(test)]
 mod tests {
+    /// Property tests: whatever HBR (or something in its place) answers, no panic, no hang.
+    mod hostile;
+
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
