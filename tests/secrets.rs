@@ -64,14 +64,14 @@ path = "{data}"
 
 [nas.finance]
 protocol = "smb"
-servers = ["192.0.2.10:445"]
+servers = ["127.0.0.1:1"]
 share_path = "/finance"
 username = "backup"
 password = {{ file = "{pw}" }}
 
 [nas.hr]
 protocol = "smb"
-servers = ["192.0.2.11"]
+servers = ["127.0.0.1:2"]
 share_path = "/hr"
 username = "backup"
 password = "{LITERAL_PASSWORD}"
