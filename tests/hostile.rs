@@ -14,8 +14,36 @@ use common::*;
 use hbr_source_agent::config::{self, ConfigErrors, MapEnv};
 use proptest::prelude::*;
 
-const VALID: &str = include_str!("fixtures/config/valid/agent.toml");
-const VALID_SOURCES: &str = include_str!("fixtures/config/valid/conf.d/10-sources.toml");
+/// The seed corpus: (main file, one conf.d fragment) pairs from every config fixture and the
+/// bundled example, so mutations start from files that reach every part of the loader.
+fn corpus() -> Vec<(String, String)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let mut out = Vec::new();
+    let mut dirs: Vec<_> = std::fs::read_dir(root.join("tests/fixtures/config"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    dirs.push(root.join("config"));
+    dirs.sort();
+    for dir in dirs {
+        let main = read(&dir.join("agent.toml"));
+        let mut frags: Vec<_> = std::fs::read_dir(dir.join("conf.d"))
+            .map(|r| r.filter_map(Result::ok).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        frags.retain(|p: &std::path::PathBuf| p.extension().is_some_and(|e| e == "toml"));
+        frags.sort();
+        if frags.is_empty() {
+            out.push((main.clone(), String::new()));
+        }
+        for f in frags {
+            out.push((main.clone(), read(&f)));
+        }
+    }
+    assert!(out.len() >= 8, "the corpus is there: {}", out.len());
+    out
+}
 
 fn cases(n: u32) -> ProptestConfig {
     let from_env = std::env::var("PROPTEST_CASES")
@@ -112,28 +140,32 @@ proptest! {
         load_and_check(&main);
     }
 
-    /// The valid example config, edited at random places with TOML-significant tokens: the
-    /// kind of file an operator saves half-way through an edit.
+    /// A config from the corpus (every fixture under tests/fixtures/config and the bundled
+    /// example), edited at random places with TOML-significant tokens: the kind of file an
+    /// operator saves half-way through an edit.
     #[test]
-    fn a_half_edited_valid_config_is_loaded_or_positioned(
+    fn a_half_edited_config_is_loaded_or_positioned(
+        seed in any::<prop::sample::Index>(),
         edits in prop::collection::vec((any::<prop::sample::Index>(), 0usize..6, token()), 1..6),
         in_fragment in any::<bool>(),
     ) {
+        let corpus = corpus();
+        let (seed_main, seed_frag) = &corpus[seed.index(corpus.len())];
         let dir = tempfile::tempdir().unwrap();
         let main = dir.path().join("agent.toml");
         std::fs::create_dir(dir.path().join("conf.d")).unwrap();
-        let (mut target, other) = if in_fragment {
-            (VALID_SOURCES.to_string(), VALID)
-        } else {
-            (VALID.to_string(), VALID_SOURCES)
-        };
+        let mut target = if in_fragment { seed_frag.clone() } else { seed_main.clone() };
         for (at, cut, tok) in edits {
             let chars: Vec<char> = target.chars().collect();
             let i = at.index(chars.len() + 1);
             let j = (i + cut).min(chars.len());
             target = chars[..i].iter().collect::<String>() + &tok + &chars[j..].iter().collect::<String>();
         }
-        let (main_text, frag_text) = if in_fragment { (other.to_string(), target) } else { (target, other.to_string()) };
+        let (main_text, frag_text) = if in_fragment {
+            (seed_main.clone(), target)
+        } else {
+            (target, seed_frag.clone())
+        };
         std::fs::write(&main, main_text).unwrap();
         std::fs::write(dir.path().join("conf.d/10-sources.toml"), frag_text).unwrap();
         load_and_check(&main);
