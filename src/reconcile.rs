@@ -195,6 +195,35 @@ pub async fn probe_all(
         .await
 }
 
+/// Start one probe task per source, at most `concurrency` probing at a time.
+fn spawn_probes(
+    sources: &[&Source],
+    concurrency: usize,
+    deadline: Duration,
+) -> tokio::task::JoinSet<ProbeReport> {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut set = tokio::task::JoinSet::new();
+    for source in sources {
+        let source = (*source).clone();
+        let slots = slots.clone();
+        set.spawn(async move {
+            let _slot = slots.acquire_owned().await;
+            probe::probe_source(&source, deadline).await
+        });
+    }
+    set
+}
+
+fn probe_result(done: Result<ProbeReport, tokio::task::JoinError>) -> Option<ProbeReport> {
+    match done {
+        Ok(report) => Some(report),
+        Err(e) => {
+            tracing::error!(error = %e, "a probe task ended without a report");
+            None
+        }
+    }
+}
+
 /// One pass over the sources named in `only` (all when `None`). Orphans are always reported.
 pub async fn run_pass<R: Registry>(
     cfg: &Config,
@@ -211,14 +240,25 @@ pub async fn run_pass<R: Registry>(
         .values()
         .filter(|s| only.is_none_or(|o| o.contains(&s.name)))
         .collect();
-    let (remote, probes) = tokio::join!(
-        registry.describe(&cluster_id),
-        probe_all(
-            &wanted,
-            cfg.agent.probe_concurrency.get(),
-            cfg.agent.probe_timeout
-        )
+    // Probes run as tasks of their own, so that a source is reconciled the moment its probe
+    // ends: a good source is registered within its own probe time, however many others hang
+    // until their deadline. Dropping the set (a cancelled pass) aborts the probes.
+    let mut probes = spawn_probes(
+        &wanted,
+        cfg.agent.probe_concurrency.get(),
+        cfg.agent.probe_timeout,
     );
+    let mut finished: Vec<ProbeReport> = Vec::new();
+    let remote = {
+        let describe = registry.describe(&cluster_id);
+        tokio::pin!(describe);
+        loop {
+            tokio::select! {
+                r = &mut describe => break r,
+                Some(done) = probes.join_next() => finished.extend(probe_result(done)),
+            }
+        }
+    };
     let remote = remote.map_err(|e| PassError::Describe {
         cluster_id: cluster_id.clone(),
         message: e.to_string(),
@@ -236,10 +276,33 @@ pub async fn run_pass<R: Registry>(
     }
 
     let mut results = Vec::new();
-    for source in wanted {
-        let probe = probes.get(&source.name).cloned();
-        let result =
-            reconcile_source(cfg, registry, mode, source, probe, &remote, state, hmac_key).await;
+    let mut pending: BTreeMap<&str, &Source> =
+        wanted.iter().map(|s| (s.name.as_str(), *s)).collect();
+    loop {
+        let report = match finished.pop() {
+            Some(r) => r,
+            None => match probes.join_next().await {
+                Some(done) => match probe_result(done) {
+                    Some(r) => r,
+                    None => continue,
+                },
+                None => break,
+            },
+        };
+        let Some(source) = pending.remove(report.source.as_str()) else {
+            continue;
+        };
+        let result = reconcile_source(
+            cfg,
+            registry,
+            mode,
+            source,
+            Some(report),
+            &remote,
+            state,
+            hmac_key,
+        )
+        .await;
         if mode == Mode::Apply
             && let Some(store) = store
         {
@@ -247,6 +310,13 @@ pub async fn run_pass<R: Registry>(
         }
         results.push(result);
     }
+    // A probe task that panicked left no report: the source is reported as not probed.
+    for source in pending.into_values() {
+        let result =
+            reconcile_source(cfg, registry, mode, source, None, &remote, state, hmac_key).await;
+        results.push(result);
+    }
+    results.sort_by(|a, b| a.name.cmp(&b.name));
 
     for (name, entry) in state.sources.iter() {
         if cfg.sources.contains_key(name) {
