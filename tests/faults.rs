@@ -358,3 +358,25 @@ async fn an_unwritable_state_directory_is_reported_with_its_path() {
         "nothing is registered that could not be recorded"
     );
 }
+
+#[tokio::test]
+async fn two_applies_at_once_never_both_apply() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    // The add takes a while, so both processes are certainly alive at the same time.
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::Slow {
+            count: 1,
+            delay: Duration::from_millis(800),
+        },
+    );
+    let (a, b) = tokio::join!(s.run(&["apply"]), s.run(&["apply"]));
+    let mut codes = [a.code, b.code];
+    codes.sort();
+    assert_eq!(codes, [0, 1], "one applies, one refuses:\n{a:?}\n{b:?}");
+    let refused = if a.code == 1 { &a } else { &b };
+    assert!(refused.stderr.contains("lock"), "{refused:?}");
+    assert_eq!(requests_for(&s, "AddDataSource").len(), 1);
+    assert_eq!(s.fake.data_sources().len(), 1);
+}
