@@ -39,6 +39,7 @@ async fn no_command_leaks_a_secret() {
     std::fs::write(creds.join("hbr-secret"), format!("{CP_SECRET}\n")).unwrap();
     let pw_file = dir.path().join("smb-password");
     std::fs::write(&pw_file, SMB_PASSWORD).unwrap();
+    std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let data = mounted_dir();
     let state_dir = dir.path().join("state");
     let config = dir.path().join("agent.toml");
@@ -189,4 +190,35 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
             assert!(!v.contains(CP_SECRET), "control-plane secret sent in {k}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_secret_file_others_can_read_is_reported_without_its_content() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("scratch", data.path())).await;
+    let pw = s.dir.path().join("smb-password");
+    std::fs::write(&pw, SMB_PASSWORD).unwrap();
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!(
+            "{text}\n[nas.finance]\nprotocol = \"smb\"\nservers = [\"127.0.0.1:1\"]\nshare_path = \"/finance\"\nusername = \"backup\"\npassword = {{ file = \"{}\" }}\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let r = s.run(&["validate"]).await;
+    assert_eq!(r.code, 0, "a warning, not an error: {r:?}");
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains("source finance: password:"), "{r:?}");
+    assert!(all.contains("mode 0644"), "{r:?}");
+    assert!(all.contains(&pw.display().to_string()), "{r:?}");
+    assert!(!all.contains(SMB_PASSWORD), "{r:?}");
+    let strict = s.run(&["validate", "--strict"]).await;
+    assert_eq!(strict.code, 78, "--strict refuses it: {strict:?}");
+
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = s.run(&["validate", "--strict"]).await;
+    assert_eq!(r.code, 0, "0600 is fine: {r:?}");
 }

@@ -759,7 +759,12 @@ impl Scope<'_> {
                 }
                 (secrets::literal(s), v.span())
             }
-            RawSecret::File(p) => (secrets::from_file(p.get_ref()), p.span()),
+            RawSecret::File(p) => {
+                if let Some(w) = secrets::file_mode_warning(Path::new(p.get_ref())) {
+                    self.warn_in(file, &p.span(), field, w);
+                }
+                (secrets::from_file(p.get_ref()), p.span())
+            }
             RawSecret::Env(e) => (secrets::from_env(e.get_ref(), self.env), e.span()),
             RawSecret::Credential(c) => (secrets::from_credential(c.get_ref(), self.env), c.span()),
         };

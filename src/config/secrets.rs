@@ -28,6 +28,20 @@ pub(super) fn literal_mode_warning(mode: Option<u32>) -> Option<String> {
     })
 }
 
+/// The warning for a secret file that group or others may read (or write), if any. The
+/// service's own `LoadCredential=` copies are 0400 and never warn.
+pub(super) fn file_mode_warning(path: &Path) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o066 != 0).then(|| {
+        format!(
+            "secret file {} is accessible to group/others (mode {mode:04o}): chmod 600 it, \
+             or hand it over with LoadCredential= and {{ credential = ... }}",
+            path.display()
+        )
+    })
+}
+
 pub(super) fn from_file(path: &str) -> Result<Secret, String> {
     if !path.starts_with('/') {
         return Err(format!(
