@@ -917,10 +917,19 @@ fn hdfs(sc: &mut Scope<'_>, r: RawHdfs) -> Option<SourceSpec> {
         .kerberos_principal
         .as_ref()
         .and_then(|v| sc.check(v, "kerberos_principal", |s| non_empty(s)));
-    let keytab = r
-        .keytab
-        .as_ref()
-        .and_then(|v| sc.check(v, "keytab", |s| check::absolute_path(s)));
+    let keytab = r.keytab.as_ref().and_then(|v| {
+        let path = sc.check(v, "keytab", |s| check::absolute_path(s))?;
+        // A warning, not an error: the keytab may be installed after the config (the probe
+        // fails with HDFS_KEYTAB_UNREADABLE until it is); `validate --strict` refuses it.
+        if let Err(e) = std::fs::File::open(&path) {
+            sc.warn(
+                &v.span(),
+                "keytab",
+                format!("cannot read {}: {e}", path.display()),
+            );
+        }
+        Some(path)
+    });
     match (&r.kerberos_principal, &r.keytab) {
         (Some(v), None) => sc.err(
             &v.span(),

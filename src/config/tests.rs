@@ -667,3 +667,31 @@ fn never_panics_on_mutated_fixtures() {
         let _ = load_with(&main, &env);
     }
 }
+
+#[test]
+fn an_unreadable_keytab_is_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("agent.toml");
+    let readable = dir.path().join("hbr.keytab");
+    std::fs::write(&readable, b"\x05\x02").unwrap();
+    let source = |keytab: &Path| {
+        format!(
+            "{HEAD}[hdfs.h]\nnamenodes = [\"nn\"]\nuser = \"hbr\"\npaths = [\"/p\"]\n\
+             kerberos_principal = \"hbr@EXAMPLE.COM\"\nkeytab = \"{}\"\n",
+            keytab.display()
+        )
+    };
+    std::fs::write(&main, source(&readable)).unwrap();
+    let c = load_with(&main, &MapEnv::new()).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    std::fs::write(&main, source(&dir.path().join("missing.keytab"))).unwrap();
+    let c = load_with(&main, &MapEnv::new()).unwrap();
+    assert_eq!(
+        shown(dir.path(), &c.warnings),
+        [
+            "agent.toml:11:10: warning: source h: keytab: cannot read missing.keytab: No such file \
+          or directory (os error 2)"
+        ]
+    );
+}
