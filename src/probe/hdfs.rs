@@ -332,13 +332,16 @@ fn build_client(spec: &HdfsSpec, nn: &HostPort) -> Result<Client, Failed> {
     ];
     let mut builder = ClientBuilder::new()
         .with_url(format!("hdfs://{nn}"))
-        .with_config_dir(NO_CONFIG_DIR)
-        .with_user(spec.user.clone());
+        .with_config_dir(NO_CONFIG_DIR);
     if let (Some(principal), Some(keytab)) = (&spec.kerberos_principal, &spec.keytab) {
+        // The principal is the identity. Passing `user` too would make it a proxy user, which
+        // the cluster allows only with hadoop.proxyuser settings for this principal.
         config.push(("hadoop.security.authentication", "kerberos".to_owned()));
         builder = builder
             .with_kerberos_principal(principal.clone())
             .with_kerberos_keytab(keytab.to_string_lossy().into_owned());
+    } else {
+        builder = builder.with_user(spec.user.clone());
     }
     builder.with_config(config).build().map_err(|e| {
         Failed::new(
