@@ -198,6 +198,39 @@ async fn an_empty_directory_passes_with_a_warning() {
     assert_eq!(warning_codes(&report), ["HDFS_NO_BLOCKS_SEEN"], "{r:?}");
 }
 
+/// On the spare cluster: a DataNode that died (the NameNode still lists it for minutes), then
+/// safe mode. Both break the cluster, so they run there, in order, in one test.
+#[tokio::test]
+async fn a_dead_datanode_then_safe_mode_on_the_spare_cluster() {
+    spare_server().await;
+    script(&["stop-datanode", "spare"]).unwrap();
+    let s = Setup::new(&hdfs_source("spare", &[SPARE_RPC], "hbr", &[DATA])).await;
+    let (r, report) = probe_json(&s).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(failure_code(&report), "HDFS_DATANODE_UNREACHABLE", "{r:?}");
+    let reason = report["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(SPARE_DATANODE) && reason.contains("TCP_REFUSED"),
+        "{reason}"
+    );
+    assert!(reason.contains("/hbr-test/data/blob.bin"), "{reason}");
+
+    script(&["safemode-enter", "spare"]).unwrap();
+    let (r, report) = probe_json(&s).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(failure_code(&report), "HDFS_SAFE_MODE", "{r:?}");
+    assert!(
+        report["failure"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains(SPARE_RPC),
+        "{r:?}"
+    );
+    assert!(s.run(&["apply"]).await.code == 1);
+    assert!(s.writes().is_empty());
+    script(&["down", "spare"]).unwrap();
+}
+
 #[tokio::test]
 async fn explain_covers_every_hdfs_code() {
     let s = Setup::new("").await;

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # A real Apache Hadoop 2.7.3 NameNode + DataNode on 127.0.0.1 for the HDFS probe's tests.
 #
-#   scripts/servers/hdfs.sh up     start (or reuse a healthy running one); prints where it listens
-#   scripts/servers/hdfs.sh down   stop it by PID
-#   scripts/servers/hdfs.sh fetch  only download and trim the jars into the cache
+#   scripts/servers/hdfs.sh up [spare]             start (or reuse a healthy running one)
+#   scripts/servers/hdfs.sh down [spare]           stop it by PID
+#   scripts/servers/hdfs.sh stop-datanode [spare]  stop only the DataNode (the NameNode keeps
+#                                                  listing it as live for minutes)
+#   scripts/servers/hdfs.sh safemode-enter [spare] put the NameNode into safe mode
+#   scripts/servers/hdfs.sh fetch                  only download and trim the jars into the cache
+#
+# "spare" is a second, independent cluster (ports + 100, its own files) for tests that break
+# it on purpose, so that they never disturb the tests sharing the main one.
 #
 # The jars come from the PyPI sdist pyspark==2.4.8 (it bundles the unshaded Hadoop 2.7.3 server
 # jars), downloaded once into ${HBR_CACHE:-/var/cache/hbr-source-agent}/hadoop and trimmed to
@@ -13,24 +19,29 @@
 # a fresh NameNode. Safe to run concurrently: both steps hold a flock.
 #
 # Fixed loopback ports: RPC 8020, NameNode HTTP 9870, DataNode transfer 9866 (HTTP 9864, IPC
-# 9867). Nothing listens on other addresses.
+# 9867); the spare cluster 8120, 9970, 9966 (9964, 9967). Nothing listens on other addresses.
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 TPL=$HERE/hdfs
-RUN=${HBR_TEST_RUN:-/tmp/hbr-test-servers}/hdfs
 CACHE=${HBR_CACHE:-/var/cache/hbr-source-agent}/hadoop
 LIB=$CACHE/hadoop-2.7.3-min/lib
 PYSPARK=pyspark==2.4.8
-
-RPC_PORT=8020
-HTTP_PORT=9870
-SNN_HTTP_PORT=9868
-DN_PORT=9866
-DN_HTTP_PORT=9864
-DN_IPC_PORT=9867
-
 JERSEY1=/usr/share/java/jersey1-core.jar:/usr/share/java/jersey1-server.jar:/usr/share/java/jersey1-servlet.jar:/usr/share/java/jsr311-api.jar
+
+case "${2:-main}" in
+  main) RUN=${HBR_TEST_RUN:-/tmp/hbr-test-servers}/hdfs; OFFSET=0 ;;
+  spare) RUN=${HBR_TEST_RUN:-/tmp/hbr-test-servers}/hdfs-spare; OFFSET=100 ;;
+  *) echo "unknown cluster ${2}: main or spare" >&2; exit 2 ;;
+esac
+RPC_PORT=$((8020 + OFFSET))
+HTTP_PORT=$((9870 + OFFSET))
+SNN_HTTP_PORT=$((9868 + OFFSET))
+DN_PORT=$((9866 + OFFSET))
+DN_HTTP_PORT=$((9864 + OFFSET))
+DN_IPC_PORT=$((9867 + OFFSET))
+CP="$RUN/conf:$RUN/res:$JERSEY1:$LIB/*"
+
 JOPTS=(-Xmx384m -XX:+UseSerialGC -XX:TieredStopAtLevel=1)
 
 say() { echo "hdfs.sh: $*" >&2; }
@@ -83,8 +94,9 @@ ready() {
 }
 
 stop() {
-  local p pid
-  for p in datanode namenode; do
+  local p pid which=("$@")
+  [ "${#which[@]}" -gt 0 ] || which=(datanode namenode)
+  for p in "${which[@]}"; do
     if [ -f "$RUN/$p.pid" ]; then
       pid=$(cat "$RUN/$p.pid")
       kill "$pid" 2>/dev/null || true
@@ -142,7 +154,6 @@ up() {
   rm -rf "$RUN/data" "$RUN/logs"
   mkdir -p "$RUN/data" "$RUN/logs"
   render
-  CP="$RUN/conf:$RUN/res:$JERSEY1:$LIB/*"
   # The user who formats and starts the NameNode is its superuser.
   export HADOOP_USER_NAME=root
   java "${JOPTS[@]}" -cp "$CP" org.apache.hadoop.hdfs.server.namenode.NameNode \
@@ -173,9 +184,26 @@ down() {
   say "down"
 }
 
+stop_datanode() {
+  mkdir -p "$(dirname "$RUN")"
+  exec 9>"$RUN.lock"
+  flock 9
+  stop datanode
+  say "DataNode stopped; NameNode still up on $RPC_PORT"
+}
+
+safemode_enter() {
+  alive namenode || die "the NameNode of $RUN is not running"
+  HADOOP_USER_NAME=root java "${JOPTS[@]}" -cp "$CP" org.apache.hadoop.hdfs.tools.DFSAdmin \
+    -fs "hdfs://127.0.0.1:$RPC_PORT" -safemode enter 2>"$RUN/logs/dfsadmin.log" >&2 \
+    || { tail -20 "$RUN/logs/dfsadmin.log" >&2; die "dfsadmin -safemode enter failed"; }
+}
+
 case "${1:-}" in
   up) up ;;
   down) down ;;
+  stop-datanode) stop_datanode ;;
+  safemode-enter) safemode_enter ;;
   fetch) fetch ;;
-  *) echo "usage: $0 up|down|fetch" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|stop-datanode|safemode-enter [main|spare] | fetch" >&2; exit 2 ;;
 esac

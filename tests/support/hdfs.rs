@@ -20,39 +20,55 @@ pub const DATA: &str = "/hbr-test/data";
 pub const PRIVATE: &str = "/hbr-test/private";
 pub const EMPTY: &str = "/hbr-test/empty";
 
+/// The spare cluster (scripts/servers/hdfs.sh … spare), for tests that break it on purpose.
+pub const SPARE_RPC: &str = "127.0.0.1:8120";
+pub const SPARE_DATANODE: &str = "127.0.0.1:9966";
+
 static UP: OnceLock<Result<(), String>> = OnceLock::new();
 static SEEDED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
 
 /// Start (or reuse) the server and write the test tree; panics with the script's output.
 pub async fn server() {
-    let up = UP.get_or_init(|| {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers/hdfs.sh");
-        let out = Command::new("bash")
-            .arg(script)
-            .arg("up")
-            .output()
-            .map_err(|e| format!("cannot run {script}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{script} up failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ))
-        }
-    });
+    let up = UP.get_or_init(|| script(&["up"]));
     if let Err(e) = up {
         panic!("the HDFS test server did not start:\n{e}");
     }
     // Once per process: parallel tests writing the same file would race for its lease.
-    SEEDED.get_or_init(seed).await;
+    SEEDED.get_or_init(|| seed(RPC)).await;
 }
 
-async fn seed() {
+/// Run `scripts/servers/hdfs.sh ARGS`; the error carries its output.
+pub fn script(args: &[&str]) -> Result<(), String> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers/hdfs.sh");
+    let out = Command::new("bash")
+        .arg(path)
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run {path}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path} {} failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// A fresh spare cluster with the test tree written (only one test uses it).
+pub async fn spare_server() {
+    if let Err(e) = script(&["up", "spare"]) {
+        panic!("the spare HDFS test server did not start:\n{e}");
+    }
+    seed(SPARE_RPC).await;
+}
+
+async fn seed(rpc: &str) {
     let client = ClientBuilder::new()
-        .with_url(format!("hdfs://{RPC}"))
+        .with_url(format!("hdfs://{rpc}"))
         .with_config_dir("/dev/null/none")
         .with_user("root")
         .build()
