@@ -4,6 +4,8 @@
 mod common;
 #[path = "support/hdfs.rs"]
 mod hdfs;
+#[path = "support/hdfs_standby.rs"]
+mod hdfs_standby;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -187,6 +189,32 @@ async fn an_ha_pair_with_one_namenode_down_passes_with_a_warning() {
         reason.contains(&down) && reason.contains(&other),
         "{reason}"
     );
+}
+
+#[tokio::test]
+async fn standby_only_fails_and_a_standby_beside_the_active_namenode_is_shown() {
+    server().await;
+    let standby = hdfs_standby::start().await.to_string();
+    let s = Setup::new(&hdfs_source("lake", &[&standby], "hbr", &[DATA])).await;
+    let (r, report) = probe_json(&s).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(failure_code(&report), "HDFS_STANDBY_ONLY", "{r:?}");
+    let reason = report["failure"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(&standby) && reason.contains(hdfs_standby::STANDBY_MESSAGE),
+        "{reason}"
+    );
+
+    let s = Setup::new(&hdfs_source("lake", &[&standby, RPC], "hbr", &[DATA])).await;
+    let (r, report) = probe_json(&s).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(report["facts"]["active_namenode"], RPC, "{r:?}");
+    assert_eq!(
+        report["facts"][format!("standby_namenode {standby}")],
+        hdfs_standby::STANDBY_MESSAGE,
+        "{r:?}"
+    );
+    assert!(warning_codes(&report).is_empty(), "{r:?}");
 }
 
 #[tokio::test]

@@ -40,8 +40,8 @@ const NO_CONFIG_DIR: &str = "/dev/null/hbr-source-agent";
 enum NnState {
     Active,
     Standby(String),
-    /// It answered, but the call could not tell (it wants Kerberos, or refused the user).
-    Unknown(String),
+    /// It answered with another exception (it wants Kerberos, or refused the user).
+    Other,
 }
 
 struct NameNode<'a> {
@@ -84,7 +84,8 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
     let mut answering = Vec::new();
     for (nn, stream) in connected {
         match handshake(rec, stream, &spec.user).await {
-            Ok(state) => answering.push((nn, state)),
+            // What it said does not matter here: hdfs-native asks again, as the real client.
+            Ok(_) => answering.push(nn),
             Err(f) if f.0.code == Code::PROBE_TIMEOUT => return Err(f),
             Err(f) => down.push((nn.spec.to_string(), f)),
         }
@@ -106,7 +107,7 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
     }
     let mut active: Option<(&HostPort, Client)> = None;
     let mut standbys = Vec::new();
-    for (nn, handshake_state) in answering {
+    for nn in answering {
         let client = build_client(spec, nn.spec)?;
         let state = match rec
             .within(
@@ -139,10 +140,7 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
                 ),
             ),
             NnState::Standby(why) => standbys.push((nn.spec.to_string(), why)),
-            NnState::Unknown(_) => {}
-        }
-        if let NnState::Unknown(why) = handshake_state {
-            rec.fact(format!("namenode {}", nn.spec), why);
+            NnState::Other => {}
         }
     }
     let Some((active_nn, client)) = active else {
@@ -310,7 +308,7 @@ async fn handshake(
             exception, message, ..
         }) => Ok(match short(&exception) {
             "StandbyException" => NnState::Standby(message),
-            s => NnState::Unknown(format!("{s}: {message}")),
+            _ => NnState::Other,
         }),
         Err(rpc::RpcError::NotRpc(what)) => Err(Failed::new(
             Code::HDFS_NOT_A_NAMENODE,
