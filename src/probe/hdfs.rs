@@ -68,9 +68,17 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
     rec.pass(format!("{} NameNode(s) resolved", nns.len()));
 
     rec.start(Layer::Connect);
+    let results = if nns.len() == 1 {
+        vec![net::connect(rec, &nns[0].addrs).await]
+    } else {
+        // All at once, each within half the time left: a NameNode whose packets are dropped
+        // must leave time for the other one's handshake.
+        let cap = rec.remaining() / 2;
+        futures::future::join_all(nns.iter().map(|nn| connect_capped(&nn.addrs, cap))).await
+    };
     let mut connected = Vec::new();
-    for nn in nns {
-        match net::connect(rec, &nn.addrs).await {
+    for (nn, result) in nns.into_iter().zip(results) {
+        match result {
             Ok(stream) => connected.push((nn, stream)),
             Err(f) => down.push((nn.spec.to_string(), f)),
         }
@@ -319,6 +327,31 @@ async fn handshake(
             format!("the connection failed during the Hadoop RPC handshake: {e}"),
         )),
     }
+}
+
+/// As [`net::connect`], within `cap` instead of the probe's whole remaining time.
+async fn connect_capped(
+    addrs: &[SocketAddr],
+    cap: Duration,
+) -> Result<tokio::net::TcpStream, Failed> {
+    let end = tokio::time::Instant::now() + cap;
+    let mut failures = Vec::new();
+    let mut code = Code::TCP_TIMEOUT;
+    for (i, addr) in addrs.iter().enumerate() {
+        let share =
+            end.saturating_duration_since(tokio::time::Instant::now()) / (addrs.len() - i) as u32;
+        match net::try_connect(*addr, share).await {
+            Ok(stream) => return Ok(stream),
+            Err((c, why)) => {
+                code = c;
+                failures.push(format!("{addr}: {why}"));
+            }
+        }
+    }
+    Err(Failed::new(
+        code,
+        format!("TCP connection to {}", failures.join("; ")),
+    ))
 }
 
 fn build_client(spec: &HdfsSpec, nn: &HostPort) -> Result<Client, Failed> {
@@ -612,6 +645,27 @@ mod tests {
             "no NameNode is usable: NameNode a:8020: refused (TCP_REFUSED); NameNode b:8020: no \
              answer (TCP_TIMEOUT)"
         );
+    }
+
+    #[tokio::test]
+    async fn a_capped_connect_names_the_refusing_address() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let open = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let f = connect_capped(&[closed], Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert_eq!(f.0.code, Code::TCP_REFUSED);
+        assert!(f.0.reason.contains(&closed.to_string()), "{f:?}");
+        let ok = connect_capped(
+            &[closed, open.local_addr().unwrap()],
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+        assert_eq!(ok.peer_addr().unwrap(), open.local_addr().unwrap());
     }
 
     /// A server that answers the RPC header like an HTTP server does.
