@@ -7,8 +7,8 @@
 //! (`getFileInfo` and the first page of the listing of every path as `user`, then TCP to a
 //! DataNode that holds a block of a file under the paths, where backup reads go).
 //!
-//! With several NameNodes (an HA pair) the probe passes when one of them is active; every one
-//! that is down or standby is a warning naming it. hdfs-native is built with no configuration
+//! With several NameNodes (an HA pair) the probe passes when one of them is active; each one
+//! that is down is a warning naming it (`HDFS_NAMENODE_DOWN`), each standby a fact. hdfs-native is built with no configuration
 //! from the environment (HADOOP_CONF_DIR would change what the probe checks) and with its
 //! failover retries off: the probe asks each NameNode itself and every call runs under the
 //! probe's deadline.
@@ -113,7 +113,7 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
             ));
         }
     }
-    let mut active: Option<(&HostPort, Client)> = None;
+    let mut active: Option<(NameNode, Client)> = None;
     let mut standbys = Vec::new();
     for nn in answering {
         let client = build_client(spec, nn.spec)?;
@@ -139,14 +139,9 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
             }
         };
         match state {
-            NnState::Active if active.is_none() => active = Some((nn.spec, client)),
-            NnState::Active => rec.warn(
-                Code::HDFS_NAMENODE_DOWN,
-                format!(
-                    "NameNode {} also answers as active (two active NameNodes?)",
-                    nn.spec
-                ),
-            ),
+            NnState::Active if active.is_none() => active = Some((nn, client)),
+            // Two entries for one NameNode, or a split brain: worth showing, not failing.
+            NnState::Active => rec.fact(format!("also_active_namenode {}", nn.spec), "yes"),
             NnState::Standby(why) => standbys.push((nn.spec.to_string(), why)),
             NnState::Other => {}
         }
@@ -172,6 +167,8 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
             ),
         ));
     };
+    let nn_addrs = active_nn.addrs;
+    let active_nn = active_nn.spec;
     rec.fact("active_namenode", active_nn.to_string());
     for (nn, why) in &standbys {
         rec.fact(format!("standby_namenode {nn}"), why.clone());
@@ -184,8 +181,7 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
     }
     let simple = spec.kerberos_principal.is_none();
     if simple {
-        let addrs = resolved_addrs(rec, active_nn).await?;
-        match safe_mode(rec, &addrs, &spec.user).await? {
+        match safe_mode(rec, &nn_addrs, &spec.user).await? {
             Some(true) => {
                 return Err(Failed::new(
                     Code::HDFS_SAFE_MODE,
@@ -253,8 +249,7 @@ pub async fn probe(spec: &HdfsSpec, rec: &mut Recorder) -> Result<(), Failed> {
         return Ok(());
     };
     if simple {
-        let addrs = resolved_addrs(rec, active_nn).await?;
-        let dn = datanode_reach(rec, &addrs, &spec.user, &file).await?;
+        let dn = datanode_reach(rec, &nn_addrs, &spec.user, &file).await?;
         rec.fact("datanode", dn.clone());
         rec.pass(format!(
             "{} path(s) listed; DataNode {dn} holding {file} accepts TCP",
@@ -380,10 +375,6 @@ fn build_client(spec: &HdfsSpec, nn: &HostPort) -> Result<Client, Failed> {
             format!("cannot set up the HDFS client for {nn}: {e}"),
         )
     })
-}
-
-async fn resolved_addrs(rec: &Recorder, nn: &HostPort) -> Result<Vec<SocketAddr>, Failed> {
-    net::resolve(rec, &nn.host, nn.port).await
 }
 
 /// `setSafeMode(GET)` on the active NameNode; `None` when it would not say.
