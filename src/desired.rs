@@ -89,6 +89,9 @@ fn connection_and_credential(
         SourceSpec::Hdfs(h) => {
             // The agent's own shape: HBR does not document ConnectionInfo for HDFS.
             ci.insert("nameNodes".into(), addresses(&h.namenodes));
+            if let Some(ns) = &h.nameservice {
+                ci.insert("nameService".into(), json!(ns));
+            }
             ci.insert("user".into(), json!(h.user));
             if let Some(p) = &h.kerberos_principal {
                 ci.insert("kerberosPrincipal".into(), json!(p));
@@ -309,6 +312,40 @@ pub(crate) mod tests {
                    "sharePath":"/share","mountOptions":"vers=3","fileSystemType":"nfs"})
         );
         assert!(req.credential.is_none());
+    }
+
+    #[test]
+    fn hdfs_shape_names_the_ha_pair_and_principal_never_the_keytab() {
+        let h = source(
+            "lake",
+            SourceSpec::Hdfs(HdfsSpec {
+                namenodes: vec![
+                    HostPort {
+                        host: "nn1.example".into(),
+                        port: 8020,
+                    },
+                    HostPort {
+                        host: "nn2.example".into(),
+                        port: 8020,
+                    },
+                ],
+                nameservice: Some("lake-ns".into()),
+                user: "hdfs".into(),
+                paths: vec!["/warehouse".into(), "/logs".into()],
+                kerberos_principal: Some("hbr/host.example@EXAMPLE.COM".into()),
+                keytab: Some("/etc/security/keytabs/hbr.keytab".into()),
+            }),
+        );
+        let req = request(&h, "cl-1");
+        assert_eq!(req.params["DataSourceType"], "HDFS");
+        assert_eq!(
+            req.params["ConnectionInfo"],
+            r#"{"kerberosPrincipal":"hbr/host.example@EXAMPLE.COM","nameNodes":[{"host":"nn1.example","port":"8020"},{"host":"nn2.example","port":"8020"}],"nameService":"lake-ns","user":"hdfs"}"#
+        );
+        assert_eq!(req.params["Path.1"], "/warehouse");
+        assert_eq!(req.params["Path.2"], "/logs");
+        assert!(req.credential.is_none());
+        assert!(!format!("{:?}", req.params).contains("keytab"));
     }
 
     #[test]

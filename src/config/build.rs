@@ -912,6 +912,10 @@ fn hdfs(sc: &mut Scope<'_>, r: RawHdfs) -> Option<SourceSpec> {
             check::host_port(s, defaults::HDFS_PORT)
         })
     });
+    let nameservice = match &r.nameservice {
+        Some(v) => sc.check(v, "nameservice", |s| nameservice_id(s)).map(Some),
+        None => Some(None),
+    };
     let user = sc
         .required(&r.user, "user")
         .and_then(|v| sc.check(v, "user", |s| non_empty(s)));
@@ -922,10 +926,19 @@ fn hdfs(sc: &mut Scope<'_>, r: RawHdfs) -> Option<SourceSpec> {
         .kerberos_principal
         .as_ref()
         .and_then(|v| sc.check(v, "kerberos_principal", |s| non_empty(s)));
-    let keytab = r
-        .keytab
-        .as_ref()
-        .and_then(|v| sc.check(v, "keytab", |s| check::absolute_path(s)));
+    let keytab = r.keytab.as_ref().and_then(|v| {
+        let path = sc.check(v, "keytab", |s| check::absolute_path(s))?;
+        // A warning, not an error: the keytab may be installed after the config (the probe
+        // fails with HDFS_KEYTAB_UNREADABLE until it is); `validate --strict` refuses it.
+        if let Err(e) = std::fs::File::open(&path) {
+            sc.warn(
+                &v.span(),
+                "keytab",
+                format!("cannot read {}: {e}", path.display()),
+            );
+        }
+        Some(path)
+    });
     match (&r.kerberos_principal, &r.keytab) {
         (Some(v), None) => sc.err(
             &v.span(),
@@ -941,11 +954,26 @@ fn hdfs(sc: &mut Scope<'_>, r: RawHdfs) -> Option<SourceSpec> {
     }
     Some(SourceSpec::Hdfs(HdfsSpec {
         namenodes: namenodes?,
+        nameservice: nameservice?,
         user: user?,
         paths: paths?,
         kerberos_principal: principal,
         keytab,
     }))
+}
+
+/// An HDFS nameservice ID: a logical name used as the host of `hdfs://ID/` URLs.
+fn nameservice_id(s: &str) -> Result<String, String> {
+    if s.is_empty()
+        || !s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!(
+            "{s:?} is not a nameservice ID (letters, digits, '-', '_', '.')"
+        ));
+    }
+    Ok(s.to_owned())
 }
 
 fn s3(sc: &mut Scope<'_>, r: RawS3) -> Option<SourceSpec> {

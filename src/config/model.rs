@@ -183,6 +183,8 @@ pub struct FilesystemSpec {
 pub struct HdfsSpec {
     /// Default port 8020 applied. Several = an HA pair.
     pub namenodes: Vec<HostPort>,
+    /// The HA nameservice ID (`dfs.nameservices`) the NameNodes serve; sent to HBR, not probed.
+    pub nameservice: Option<String>,
     pub user: String,
     /// HDFS paths to probe; sent to HBR as `Path.N` (they are also the analysis paths).
     pub paths: Vec<String>,

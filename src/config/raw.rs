@@ -109,6 +109,7 @@ raw_source!(RawFilesystem {
 
 raw_source!(RawHdfs {
     namenodes: Spanned<Vec<Spanned<String>>>,
+    nameservice: Spanned<String>,
     user: Spanned<String>,
     kerberos_principal: Spanned<String>,
     keytab: Spanned<String>,

@@ -213,6 +213,7 @@ fn valid_config_with_every_kind() {
                     port: 9000
                 }
             ],
+            nameservice: None,
             user: "hdfs".into(),
             paths: vec!["/warehouse".into(), "/logs".into()],
             kerberos_principal: Some("hbr@EXAMPLE.COM".into()),
@@ -666,4 +667,59 @@ fn never_panics_on_mutated_fixtures() {
         std::fs::write(&main, &input).unwrap();
         let _ = load_with(&main, &env);
     }
+}
+
+#[test]
+fn an_unreadable_keytab_is_a_warning_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("agent.toml");
+    let readable = dir.path().join("hbr.keytab");
+    std::fs::write(&readable, b"\x05\x02").unwrap();
+    let source = |keytab: &Path| {
+        format!(
+            "{HEAD}[hdfs.h]\nnamenodes = [\"nn\"]\nuser = \"hbr\"\npaths = [\"/p\"]\n\
+             kerberos_principal = \"hbr@EXAMPLE.COM\"\nkeytab = \"{}\"\n",
+            keytab.display()
+        )
+    };
+    std::fs::write(&main, source(&readable)).unwrap();
+    let c = load_with(&main, &MapEnv::new()).unwrap();
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+    std::fs::write(&main, source(&dir.path().join("missing.keytab"))).unwrap();
+    let c = load_with(&main, &MapEnv::new()).unwrap();
+    assert_eq!(
+        shown(dir.path(), &c.warnings),
+        [
+            "agent.toml:11:10: warning: source h: keytab: cannot read missing.keytab: No such file \
+          or directory (os error 2)"
+        ]
+    );
+}
+
+#[test]
+fn hdfs_nameservice_is_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let main = dir.path().join("agent.toml");
+    let source = |ns: &str| {
+        format!(
+            "{HEAD}[hdfs.h]\nnamenodes = [\"nn1\", \"nn2:9000\"]\nnameservice = \"{ns}\"\n\
+             user = \"hbr\"\npaths = [\"/p\"]\n"
+        )
+    };
+    std::fs::write(&main, source("lake-ns")).unwrap();
+    let c = load_with(&main, &MapEnv::new()).unwrap();
+    let SourceSpec::Hdfs(h) = &c.sources["h"].spec else {
+        panic!()
+    };
+    assert_eq!(h.nameservice.as_deref(), Some("lake-ns"));
+    std::fs::write(&main, source("hdfs://x")).unwrap();
+    let e = load_with(&main, &MapEnv::new()).unwrap_err();
+    assert_eq!(
+        shown(dir.path(), &e.errors),
+        [
+            "agent.toml:8:15: source h: nameservice: \"hdfs://x\" is not a nameservice ID (letters, \
+          digits, '-', '_', '.')"
+        ]
+    );
 }

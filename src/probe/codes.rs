@@ -89,6 +89,57 @@ catalogue! {
     // ---- S3-compatible object storage ----
 
     // ---- HDFS ----
+    HDFS_NOT_A_NAMENODE =>
+        "Something listens on the NameNode address, but it does not speak Hadoop RPC.",
+        "Use the NameNode's RPC port (fs.defaultFS / dfs.namenode.rpc-address, usually 8020 or \
+         9000), not its HTTP port (9870, or 50070 on Hadoop 2) or another service's. The reason \
+         quotes what the port answered.";
+    HDFS_STANDBY_ONLY =>
+        "Every NameNode that answered is in standby state; none is active.",
+        "List the active NameNode in namenodes (both of an HA pair), or complete the failover \
+         (hdfs haadmin -getAllServiceState; hdfs haadmin -failover). HBR cannot read while no \
+         NameNode is active.";
+    HDFS_NAMENODE_DOWN =>
+        "Warning: one NameNode of an HA pair is down or unusable; another one is active.",
+        "Backups work through the active NameNode, but a failover would stop them. Bring the \
+         named NameNode back (the reason carries its code, e.g. TCP_REFUSED), or fix its \
+         address in namenodes.";
+    HDFS_AUTH_FAILED =>
+        "The NameNode refused the client's authentication (Kerberos/SASL).",
+        "With Kerberos, set kerberos_principal and keytab (check with kinit -kt KEYTAB \
+         PRINCIPAL and klist), and check that this host's krb5.conf knows the realm. A cluster \
+         that requires Kerberos refuses simple auth (\"SIMPLE authentication is not enabled\").";
+    HDFS_KEYTAB_UNREADABLE =>
+        "The agent cannot read the configured Kerberos keytab file.",
+        "Check the keytab path, and that the agent's user can read it (mode 0400, owned by that \
+         user; with systemd, pass it with LoadCredential= and point keytab at \
+         $CREDENTIALS_DIRECTORY).";
+    HDFS_RPC_ERROR =>
+        "The NameNode answered a call with an unexpected error.",
+        "Read the exception in the reason and the NameNode's log; check that the cluster is \
+         healthy (hdfs dfsadmin -report).";
+    HDFS_PATH_NOT_FOUND =>
+        "A configured HDFS path does not exist.",
+        "Check the path for typos (hdfs dfs -ls PATH as the configured user), or create it.";
+    HDFS_PERMISSION_DENIED =>
+        "The NameNode denied the configured user access to a path (AccessControlException).",
+        "Give user read and execute permission on the path and its parents (hdfs dfs -chmod / \
+         -setfacl), or configure a user that has it. The reason quotes the NameNode's message \
+         with the inode and the access it checked.";
+    HDFS_SAFE_MODE =>
+        "The active NameNode is in safe mode.",
+        "Safe mode is read-only and, at startup, means blocks are not all reported yet; wait \
+         for it to end (hdfs dfsadmin -safemode get) or find why it was entered. The agent \
+         probes again at reprobe_interval.";
+    HDFS_DATANODE_UNREACHABLE =>
+        "No DataNode holding a block of a file under the paths accepts TCP from this host.",
+        "Backup reads go to the DataNodes directly: open their data-transfer port (9866, or \
+         50010 on Hadoop 2) from this host, and check that the addresses the NameNode reports \
+         for them are reachable from here (multi-homed DataNodes: dfs.datanode.hostname).";
+    HDFS_NO_BLOCKS_SEEN =>
+        "Warning: no file with data directly under the paths, so DataNode reach was not checked.",
+        "Nothing to do if the paths hold only directories or are empty for now. To check the \
+         DataNodes too, list a path that holds a file with data directly.";
 
     // ---- end of probe codes ----
 }
