@@ -265,6 +265,10 @@ async fn the_mount_port_given_as_the_nfs_port_is_program_unavailable() {
     assert_eq!(rep["layers"][2]["layer"], "handshake");
     assert!(reason(rep).contains("PROG_UNAVAIL"), "{rep}");
     assert!(reason(rep).contains("NFS NULL at 127.0.0.1:20048"), "{rep}");
+    assert!(
+        reason(rep).contains("the portmapper registers NFS v3 at port 2049, not 20048"),
+        "{rep}"
+    );
 }
 
 #[tokio::test]

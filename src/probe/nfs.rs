@@ -186,6 +186,7 @@ async fn probe_server(
 
     rec.start(Layer::Connect);
     // The first connection picks the address (every one is tried); the rest go to the same.
+    let mut registered_nfs_port = None;
     let (ip, mount_port, mount_io, mnt_client) = match opts.mount_port {
         Some(port) => {
             let (stream, ip, client) = open_first(rec, &addrs, port, "MOUNT").await?;
@@ -200,6 +201,7 @@ async fn probe_server(
             let nfs_port = getport(rec, &mut pmc, at, nfs3::PROGRAM, "NFS v3").await?;
             rec.fact("mount_port", format!("{mount_port} (portmapper)"));
             rec.fact("portmapper_nfs_port", nfs_port.to_string());
+            registered_nfs_port = Some(nfs_port);
             let (stream, client) = open(rec, SocketAddr::new(ip, mount_port), "MOUNT").await?;
             (ip, mount_port, stream, client)
         }
@@ -223,9 +225,16 @@ async fn probe_server(
         .await?
         .map_err(|e| rpc_failure(&step, "MOUNT v3", e, mnt_client))?;
     let step = format!("NFS NULL at {nfs_at}");
-    rec.within(&step, nfs.null())
-        .await?
-        .map_err(|e| rpc_failure(&step, "NFS v3", e, mnt_client))?;
+    rec.within(&step, nfs.null()).await?.map_err(|e| {
+        let mut f = rpc_failure(&step, "NFS v3", e, mnt_client);
+        if let Some(p) = registered_nfs_port.filter(|p| *p != server.port) {
+            f.0.reason.push_str(&format!(
+                "; the portmapper registers NFS v3 at port {p}, not {}",
+                server.port
+            ));
+        }
+        f
+    })?;
     rec.pass("MOUNT v3 and NFS v3 answer NULL");
 
     rec.start(Layer::Auth);
