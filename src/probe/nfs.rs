@@ -30,7 +30,7 @@ use nfs3_client::tokio::TokioIo;
 use nfs3_client::{MountClient, MountError, Nfs3Client, PortmapError, PortmapperClient, RpcError};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Code, Failed, Layer, LayerReport, Recorder, net};
+use super::{Code, Failed, Finding, Layer, LayerReport, Recorder, net};
 use crate::config::defaults::NFS_PORT;
 use crate::config::{CpfsSpec, HostPort, NasSpec};
 
@@ -185,30 +185,52 @@ async fn probe_server(
     rec.pass(format!("{} → {}", server.host, list.join(", ")));
 
     rec.start(Layer::Connect);
-    // The first connection picks the address (every one is tried); the rest go to the same.
-    let mut registered_nfs_port = None;
-    let (ip, mount_port, mount_io, mnt_client) = match opts.mount_port {
-        Some(port) => {
-            let (stream, ip, client) = open_first(rec, &addrs, port, "MOUNT").await?;
-            rec.fact("mount_port", format!("{port} (mountport=)"));
-            (ip, port, stream, client)
+    // Every address is tried until one gets through the whole layer; the rest go to it.
+    let mut failures: Vec<Finding> = Vec::new();
+    let mut connected = None;
+    for (i, a) in addrs.iter().enumerate() {
+        let share = rec.remaining() / (addrs.len() - i) as u32;
+        match connect_all(rec, a.ip(), server.port, opts, share).await {
+            Ok(c) => {
+                connected = Some(c);
+                break;
+            }
+            Err(Failed(f)) => {
+                let network =
+                    [Code::TCP_REFUSED, Code::TCP_TIMEOUT, Code::TCP_UNREACHABLE].contains(&f.code);
+                failures.push(f);
+                if !network {
+                    break;
+                }
+            }
         }
-        None => {
-            let (pm, ip, _) = open_first(rec, &addrs, PORTMAPPER_PORT, "portmapper").await?;
-            let at = SocketAddr::new(ip, PORTMAPPER_PORT);
-            let mut pmc = PortmapperClient::new(TokioIo::new(pm));
-            let mount_port = getport(rec, &mut pmc, at, mount::PROGRAM, "MOUNT v3").await?;
-            let nfs_port = getport(rec, &mut pmc, at, nfs3::PROGRAM, "NFS v3").await?;
-            rec.fact("mount_port", format!("{mount_port} (portmapper)"));
-            rec.fact("portmapper_nfs_port", nfs_port.to_string());
-            registered_nfs_port = Some(nfs_port);
-            let (stream, client) = open(rec, SocketAddr::new(ip, mount_port), "MOUNT").await?;
-            (ip, mount_port, stream, client)
-        }
+    }
+    let Some(Connected {
+        ip,
+        mount_port,
+        mount_io,
+        nfs_io,
+        client: mnt_client,
+        registered_nfs_port,
+    }) = connected
+    else {
+        let last = failures.last().map_or(Code::TCP_TIMEOUT, |f| f.code);
+        let reason = failures
+            .into_iter()
+            .map(|f| f.reason)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(Failed::new(last, reason));
     };
+    match registered_nfs_port {
+        Some(p) => {
+            rec.fact("mount_port", format!("{mount_port} (portmapper)"));
+            rec.fact("portmapper_nfs_port", p.to_string());
+        }
+        None => rec.fact("mount_port", format!("{mount_port} (mountport=)")),
+    }
     let mount_at = SocketAddr::new(ip, mount_port);
     let nfs_at = SocketAddr::new(ip, server.port);
-    let (nfs_io, _) = open(rec, nfs_at, "NFS").await?;
     rec.fact("nfs_port", server.port.to_string());
     rec.fact("client_address", mnt_client.to_string());
     rec.pass(format!(
@@ -388,46 +410,70 @@ fn attrs_text(attrs: &Nfs3Option<nfs3::fattr3>) -> Option<String> {
 
 // ---- connections ----
 
-/// Connect to `port` on the first of `addrs` that accepts (each gets an equal share of the
-/// time left, as in [`net::connect`]).
-async fn open_first(
-    rec: &Recorder,
-    addrs: &[SocketAddr],
-    port: u16,
-    service: &str,
-) -> Result<(TcpStream, IpAddr, Client), Failed> {
-    let mut failures: Vec<(Code, String)> = Vec::new();
-    for (i, a) in addrs.iter().enumerate() {
-        let at = SocketAddr::new(a.ip(), port);
-        let share = rec.remaining() / (addrs.len() - i).max(1) as u32;
-        match connect(at, share).await {
-            Ok((stream, client)) => return Ok((stream, a.ip(), client)),
-            Err((code, why)) => failures.push((code, format!("{service} at {at}: {why}"))),
-        }
-    }
-    let code = failures.last().map_or(Code::TCP_TIMEOUT, |f| f.0);
-    let mut reason = failures
-        .into_iter()
-        .map(|f| f.1)
-        .collect::<Vec<_>>()
-        .join("; ");
-    if service == "portmapper" {
-        reason.push_str(
-            " (the portmapper, rpcbind, answers on port 111; if the server runs without one, \
-             give mountport= in mount_options)",
-        );
-    }
-    Err(Failed::new(code, reason))
+struct Connected {
+    ip: IpAddr,
+    mount_port: u16,
+    mount_io: TcpStream,
+    nfs_io: TcpStream,
+    /// The MOUNT connection's source, as the server sees it.
+    client: Client,
+    /// The NFS v3 port the portmapper gave (`None`: it was not asked).
+    registered_nfs_port: Option<u16>,
 }
 
-async fn open(
+/// The `connect` layer on one address: the ports (portmapper unless `mountport=`), then TCP
+/// to MOUNT and NFS. The first connection gets `first_limit`, so that one black-holed address
+/// leaves time for the next.
+async fn connect_all(
     rec: &Recorder,
-    at: SocketAddr,
-    service: &str,
-) -> Result<(TcpStream, Client), Failed> {
-    connect(at, rec.remaining())
+    ip: IpAddr,
+    nfs_port: u16,
+    opts: &MountOptions,
+    first_limit: std::time::Duration,
+) -> Result<Connected, Failed> {
+    let fail = |service: &'static str, at: SocketAddr| {
+        move |(code, why): (Code, String)| Failed::new(code, format!("{service} at {at}: {why}"))
+    };
+    let (mount_port, registered_nfs_port) = match opts.mount_port {
+        Some(port) => (port, None),
+        None => {
+            let at = SocketAddr::new(ip, PORTMAPPER_PORT);
+            let (pm, _) = connect(at, first_limit).await.map_err(|(code, why)| {
+                Failed::new(
+                    code,
+                    format!(
+                        "portmapper at {at}: {why} (rpcbind answers on port 111; if the server \
+                         runs without one, give mountport= in mount_options)"
+                    ),
+                )
+            })?;
+            let mut pmc = PortmapperClient::new(TokioIo::new(pm));
+            let mount_port = getport(rec, &mut pmc, at, mount::PROGRAM, "MOUNT v3").await?;
+            let nfs = getport(rec, &mut pmc, at, nfs3::PROGRAM, "NFS v3").await?;
+            (mount_port, Some(nfs))
+        }
+    };
+    let mount_at = SocketAddr::new(ip, mount_port);
+    let limit = if opts.mount_port.is_some() {
+        first_limit
+    } else {
+        rec.remaining()
+    };
+    let (mount_io, client) = connect(mount_at, limit)
         .await
-        .map_err(|(code, why)| Failed::new(code, format!("{service} at {at}: {why}")))
+        .map_err(fail("MOUNT", mount_at))?;
+    let nfs_at = SocketAddr::new(ip, nfs_port);
+    let (nfs_io, _) = connect(nfs_at, rec.remaining())
+        .await
+        .map_err(fail("NFS", nfs_at))?;
+    Ok(Connected {
+        ip,
+        mount_port,
+        mount_io,
+        nfs_io,
+        client,
+        registered_nfs_port,
+    })
 }
 
 const RESERVED_UNKNOWN: u8 = 0;
