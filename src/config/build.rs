@@ -888,6 +888,12 @@ fn cpfs(sc: &mut Scope<'_>, r: RawCpfs) -> Option<CpfsSpec> {
     let share_path = sc.opt(&r.share_path, "share_path", "/".to_owned(), |s| {
         check::share_path(s)
     });
+    // CPFS mount targets serve NFS v3 like a NAS: the same options, the same warnings.
+    if let Some(v) = &r.mount_options {
+        for w in check::nfs_mount_option_warnings(v.get_ref()) {
+            sc.warn(&v.span(), "mount_options", w);
+        }
+    }
     let mount_options = r.mount_options.map(Spanned::into_inner);
     Some(CpfsSpec {
         mount_target: mount_target?,

@@ -83,6 +83,66 @@ catalogue! {
          up; an ICMP unreachable from a firewall looks like this too.";
 
     // ---- NFS v3: nas (nfs), cpfs, bmcpfs ----
+    RPC_PROGRAM_UNAVAILABLE =>
+        "The server does not offer MOUNT v3 or NFS v3 over TCP (not registered with its \
+         portmapper, or not served on the port).",
+        "Enable NFS v3 and its mount daemon on the server (Linux: RPCNFSDOPTS/nfs.conf \
+         vers3=y and rpc.mountd running; ganesha: Protocols = 3 and MNT_Port; NetApp: \
+         vserver nfs modify -v3 enabled; Synology: NFS service with maximum protocol NFSv3 or \
+         later). Check rpcinfo -p SERVER from this host. If ports are fixed without a \
+         portmapper, give port= and mountport= in mount_options.";
+    NFS_MOUNT_DENIED =>
+        "The server refused to mount the share for this host (MNT3ERR_ACCES): its export \
+         list does not admit this host's address.",
+        "Add this host's address, as the reason quotes it, to the export's client list: Linux \
+         /etc/exports `/share 10.0.0.5(ro)` then exportfs -ra; ganesha CLIENT { Clients = \
+         10.0.0.5; }; NetApp: a rule in the export policy of the volume (vserver export-policy \
+         rule create -clientmatch 10.0.0.5 -rorule sys); Synology: Shared Folder > Edit > NFS \
+         Permissions. showmount -e SERVER from this host shows what it may mount.";
+    NFS_EXPORT_NOT_FOUND =>
+        "The share path is not exported by the server (MNT3ERR_NOENT, or not a directory \
+         under any export this host may mount).",
+        "Check share_path against showmount -e SERVER (NetApp: the junction path, e.g. \
+         /vol1; Synology: /volume1/NAME; CPFS/NAS mount targets: usually /). Mounting a \
+         sub-directory works only when it exists and the server allows it.";
+    NFS_PRIVILEGED_PORT_REQUIRED =>
+        "The export accepts requests from reserved source ports (< 1024) only, and this \
+         process may not bind one.",
+        "Either let the agent bind reserved ports: give it CAP_NET_BIND_SERVICE \
+         (AmbientCapabilities=CAP_NET_BIND_SERVICE in the unit), or allow ordinary ports on \
+         the export: the `insecure` option in Linux /etc/exports, PrivilegedPort = false in \
+         ganesha, `vserver nfs modify -mount-rootonly disabled -nfs-rootonly disabled` on \
+         NetApp, \"Allow connections from non-privileged ports\" on Synology.";
+    NFS_NOT_READABLE =>
+        "The share mounts, but its root directory cannot be read as root (NFS3ERR_ACCES): \
+         root is squashed to an anonymous user, or the mode bits refuse it.",
+        "HBR's client reads as root. Export with no_root_squash (Linux /etc/exports; \
+         ganesha Squash = No_Root_Squash; NetApp: -superuser sys in the export-policy rule; \
+         Synology: Squash \"No mapping\"), or make the directory readable by the anonymous \
+         user (mode bits in the reason).";
+    NFS_STALE_HANDLE =>
+        "The server does not recognise the file handle it gave for the share (NFS3ERR_STALE \
+         or NFS3ERR_BADHANDLE).",
+        "The export changed under the server (re-created directory, file system remounted \
+         or failed over without a fixed fsid). Re-export it (exportfs -ra; give Linux exports \
+         a fixed fsid=), restart the NFS service if it persists, then probe again.";
+    NFS_AUTH_REJECTED =>
+        "The server rejected the RPC call's AUTH_SYS credentials (AUTH_BADCRED, \
+         AUTH_TOOWEAK, …).",
+        "The export probably requires Kerberos (sec=krb5*), which HBR's client does not use \
+         here. Allow sec=sys on the export (Linux: sec=sys in /etc/exports; ganesha: SecType \
+         = sys; NetApp: -rorule sys in the export-policy rule).";
+    NFS_PROTOCOL_ERROR =>
+        "Something answered on the port, but not as an ONC RPC / NFS v3 server (connection \
+         closed, or a reply that is not valid RPC).",
+        "Check the port in servers (2049 for NFS) and mountport= in mount_options: another \
+         service may be listening there. A proxy or firewall that cuts connections looks \
+         like this too.";
+    NFS_SERVER_ERROR =>
+        "The NFS server answered with an error of its own (MNT3ERR_IO, NFS3ERR_IO, \
+         NFS3ERR_SERVERFAULT, SYSTEM_ERR, …).",
+        "Look at the server's logs and the health of the exported file system; the reason \
+         quotes the status. Probe again once the server is healthy.";
 
     // ---- SMB: nas (smb) ----
 
