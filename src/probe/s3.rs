@@ -42,17 +42,12 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(15 * 60);
 
 pub async fn probe(spec: &S3Spec, rec: &mut Recorder) -> Result<(), Failed> {
     let https = spec.endpoint.scheme() == "https";
-    let host = spec.endpoint.host_str().unwrap_or_default().to_owned();
+    let host = request_host(spec);
     let port = spec.endpoint.port_or_known_default().unwrap_or(443);
 
     rec.start(Layer::Resolve);
     let addrs = net::resolve(rec, &host, port).await?;
-    if host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .parse::<std::net::IpAddr>()
-        .is_ok()
-    {
+    if is_ip(&host) {
         rec.pass(format!("{host} is an IP address: no lookup"));
     } else {
         let shown: Vec<String> = addrs.iter().map(|a| a.ip().to_string()).collect();
@@ -157,6 +152,26 @@ pub async fn probe(spec: &S3Spec, rec: &mut Recorder) -> Result<(), Failed> {
         rec.pass(format!("ListObjectsV2: listed an object {under}"));
     }
     Ok(())
+}
+
+/// The host the S3 client will talk to: the endpoint's, or with virtual-host style
+/// `BUCKET.HOST`, as the SDK's endpoint rules build it (they keep path style for IP addresses
+/// and, over https, for bucket names with dots, which a wildcard certificate cannot cover).
+fn request_host(spec: &S3Spec) -> String {
+    let host = spec.endpoint.host_str().unwrap_or_default();
+    let https = spec.endpoint.scheme() == "https";
+    if spec.path_style || is_ip(host) || (https && spec.bucket.contains('.')) {
+        host.to_owned()
+    } else {
+        format!("{}.{host}", spec.bucket)
+    }
+}
+
+fn is_ip(host: &str) -> bool {
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok()
 }
 
 type ListResult = Result<
@@ -405,6 +420,7 @@ fn unescape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::{Secret, SecretOrigin};
 
     fn rec() -> Recorder {
         Recorder::new(Duration::from_secs(1))
@@ -423,6 +439,39 @@ mod tests {
         // No Date, or one that does not parse: nothing to compare.
         check_clock(&mut r, None, now).unwrap();
         check_clock(&mut r, Some("yesterday"), now).unwrap();
+    }
+
+    #[test]
+    fn virtual_host_style_probes_the_bucket_host() {
+        let spec = |endpoint: &str, bucket: &str, path_style: bool| S3Spec {
+            endpoint: endpoint.parse().unwrap(),
+            bucket: bucket.into(),
+            region: "us-east-1".into(),
+            prefix: None,
+            path_style,
+            ca_file: None,
+            access_key_id: Secret::new("id", SecretOrigin::Literal),
+            access_key_secret: Secret::new("secret", SecretOrigin::Literal),
+        };
+        let host = |e, b, p| request_host(&spec(e, b, p));
+        assert_eq!(
+            host("https://s3.example.com", "backups", true),
+            "s3.example.com"
+        );
+        assert_eq!(
+            host("https://oss-cn-hangzhou.aliyuncs.com", "backups", false),
+            "backups.oss-cn-hangzhou.aliyuncs.com"
+        );
+        assert_eq!(host("https://10.0.0.5:9000", "backups", false), "10.0.0.5");
+        assert_eq!(host("https://[::1]:9000", "backups", false), "[::1]");
+        assert_eq!(
+            host("https://s3.example.com", "my.backups", false),
+            "s3.example.com"
+        );
+        assert_eq!(
+            host("http://s3.example.com", "my.backups", false),
+            "my.backups.s3.example.com"
+        );
     }
 
     #[test]
