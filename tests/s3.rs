@@ -331,6 +331,33 @@ async fn an_untrusted_certificate_fails_and_ca_file_makes_it_pass() {
 }
 
 #[tokio::test]
+async fn a_ca_certificate_served_as_the_servers_own_is_untrusted_even_with_ca_file() {
+    let srv = s3::server();
+    let ca = s3::Ca::new("hbr-source-agent test CA");
+    let proxy = s3::tls_proxy(srv.addr, ca.as_server_cert()).await;
+    let s = Setup::new("").await;
+    let ca_file = s.dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    s.write_config(&s3::source(
+        "archive",
+        &format!("https://{proxy}"),
+        "backups",
+        &srv.good,
+        &format!("ca_file = \"{}\"", ca_file.display()),
+    ));
+    let (run, reports) = probe(&s, &[]).await;
+    assert_eq!(
+        failure_code(&reports["archive"]),
+        "TLS_UNTRUSTED",
+        "{run:?}"
+    );
+    assert!(
+        failure_reason(&reports["archive"]).contains("issue it a server certificate"),
+        "says what to do: {run:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_certificate_for_another_name_is_name_mismatch() {
     let srv = s3::server();
     let ca = s3::Ca::new("hbr-source-agent test CA");

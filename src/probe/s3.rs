@@ -126,7 +126,14 @@ pub async fn probe(spec: &S3Spec, rec: &mut Recorder) -> Result<(), Failed> {
             let list = list(rec, &client, spec).await?;
             return Err(match list {
                 Err(e) => classify(spec, "ListObjectsV2", &e),
-                Ok(_) => classify(spec, "HeadBucket", &head_err),
+                Ok(_) => Failed::new(
+                    Code::S3_REQUEST_FAILED,
+                    format!(
+                        "HeadBucket {} failed ({}) although ListObjectsV2 succeeded",
+                        spec.bucket,
+                        head_status(&head_err)
+                    ),
+                ),
             });
         }
     }
@@ -303,6 +310,13 @@ fn check_clock(rec: &mut Recorder, date: Option<&str>, now: SystemTime) -> Resul
         ));
     }
     Ok(())
+}
+
+fn head_status<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
+    match err.raw_response() {
+        Some(raw) => format!("HTTP {}", raw.status().as_u16()),
+        None => DisplayErrorContext(err).to_string(),
+    }
 }
 
 /// Name a failed S3 call by the S3 error code in its body; no code at all is `HTTP_UNEXPECTED`.

@@ -86,6 +86,8 @@ pub fn source(name: &str, endpoint: &str, bucket: &str, key: &Key, extra: &str) 
 /// A test CA.
 pub struct Ca {
     pub pem: String,
+    der: rustls_pki_types::CertificateDer<'static>,
+    key_der: Vec<u8>,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -98,7 +100,17 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             pem: cert.pem(),
+            der: cert.der().clone(),
+            key_der: key.serialize_der(),
             issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// The CA's own certificate as a server's (a "self-signed" certificate with CA:TRUE).
+    pub fn as_server_cert(&self) -> ServerCert {
+        ServerCert {
+            der: self.der.clone(),
+            key_der: self.key_der.clone(),
         }
     }
 
