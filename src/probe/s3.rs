@@ -63,10 +63,10 @@ pub async fn probe(spec: &S3Spec, rec: &mut Recorder) -> Result<(), Failed> {
     rec.pass(format!("TCP connected to {peer}"));
 
     rec.start(Layer::Handshake);
-    let mut ca_pem = None;
+    let mut roots_pem = Vec::new();
     if https {
         let trust = tls::load_trust(spec.ca_file.as_deref()).await?;
-        ca_pem = trust.ca_pem.clone();
+        roots_pem = trust.pem.clone();
         let session = tls::handshake(rec, tcp, &host, &trust).await?;
         rec.fact("tls_version", session.version.clone());
         match &session.not_after {
@@ -89,7 +89,7 @@ pub async fn probe(spec: &S3Spec, rec: &mut Recorder) -> Result<(), Failed> {
 
     rec.start(Layer::Auth);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let client = client(spec, https, ca_pem, seen.clone())?;
+    let client = client(spec, roots_pem, seen.clone())?;
     let head = rec
         .within(
             &format!("HeadBucket {}", spec.bucket),
@@ -206,14 +206,13 @@ async fn list(
 
 fn client(
     spec: &S3Spec,
-    https: bool,
-    ca_pem: Option<Vec<u8>>,
+    roots_pem: Vec<u8>,
     seen: Arc<Mutex<Seen>>,
 ) -> Result<aws_sdk_s3::Client, Failed> {
-    // Loading the system's roots costs tens of milliseconds: only when TLS is spoken.
-    let mut trust = TrustStore::default().with_native_roots(https);
-    if let Some(pem) = ca_pem {
-        trust = trust.with_pem_certificate(pem);
+    // The roots the handshake layer checked against (empty for plain http).
+    let mut trust = TrustStore::empty();
+    if !roots_pem.is_empty() {
+        trust = trust.with_pem_certificate(roots_pem);
     }
     let tls = TlsContext::builder()
         .with_trust_store(trust)

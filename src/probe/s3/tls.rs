@@ -2,11 +2,13 @@
 //! way a handshake fails gets its own code: an unknown issuer is `TLS_UNTRUSTED`, a certificate
 //! for another name `TLS_NAME_MISMATCH`, an expired one `TLS_EXPIRED`; a certificate that
 //! expires within [`EXPIRY_WARNING`] is a warning. The trust store is the system's roots plus
-//! the source's `ca_file`, the same store the SDK's client is then given.
+//! the source's `ca_file`; the SDK's client is given the same store, as PEM.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
 
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier;
@@ -20,31 +22,66 @@ use crate::probe::{Code, Failed, Recorder};
 /// A server certificate that expires sooner than this is reported as a warning.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(30 * 24 * 3600);
 
-/// The roots a handshake is checked against, and the `ca_file` PEM text for the SDK's client.
+/// The roots a handshake is checked against, and the same as PEM text for the SDK's client.
 pub struct Trust {
     roots: Arc<RootCertStore>,
-    pub ca_pem: Option<Vec<u8>>,
+    pub pem: Vec<u8>,
 }
 
-/// Load the system's roots and `ca_file` (on a blocking thread: both read files).
+/// The system's roots, as DER and PEM.
+struct Native {
+    der: Vec<CertificateDer<'static>>,
+    pem: Vec<u8>,
+}
+
+/// How long the system's roots are reused before they are read again. Reading them costs
+/// tens of milliseconds (hundreds of files), on every https probe otherwise.
+const NATIVE_ROOTS_TTL: Duration = Duration::from_secs(300);
+
+fn native_roots() -> Arc<Native> {
+    static CACHE: Mutex<Option<(Instant, Arc<Native>)>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((at, native)) = cache.as_ref()
+        && at.elapsed() < NATIVE_ROOTS_TTL
+    {
+        return native.clone();
+    }
+    // Unreadable entries are skipped; a missing store leaves it empty, and an untrusted
+    // server then says so.
+    let der = rustls_native_certs::load_native_certs().certs;
+    let mut pem = Vec::new();
+    for cert in &der {
+        pem.extend_from_slice(b"-----BEGIN CERTIFICATE-----\n");
+        let text = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
+        for line in text.as_bytes().chunks(64) {
+            pem.extend_from_slice(line);
+            pem.push(b'\n');
+        }
+        pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
+    }
+    let native = Arc::new(Native { der, pem });
+    *cache = Some((Instant::now(), native.clone()));
+    native
+}
+
+/// The system's roots and `ca_file` (on a blocking thread: both read files).
 pub async fn load_trust(ca_file: Option<&Path>) -> Result<Trust, Failed> {
     let ca_file = ca_file.map(Path::to_path_buf);
     tokio::task::spawn_blocking(move || {
         let mut roots = RootCertStore::empty();
-        // Unreadable entries in the system store are skipped; a missing store leaves it empty
-        // and an untrusted server then says so.
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        let ca_pem = match &ca_file {
-            None => None,
+        let native = native_roots();
+        roots.add_parsable_certificates(native.der.iter().cloned());
+        let mut pem = native.pem.clone();
+        match &ca_file {
+            None => {}
             Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| {
+                let ca = std::fs::read(path).map_err(|e| {
                     Failed::new(
                         Code::TLS_CA_FILE_INVALID,
                         format!("ca_file {}: {e}", path.display()),
                     )
                 })?;
-                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&ca)
                     .collect::<Result<_, _>>()
                     .map_err(|e| {
                         Failed::new(
@@ -68,12 +105,13 @@ pub async fn load_trust(ca_file: Option<&Path>) -> Result<Trust, Failed> {
                         ),
                     ));
                 }
-                Some(pem)
+                pem.push(b'\n');
+                pem.extend_from_slice(&ca);
             }
         };
         Ok(Trust {
             roots: Arc::new(roots),
-            ca_pem,
+            pem,
         })
     })
     .await
@@ -271,6 +309,19 @@ mod tests {
             &std::io::Error::from(std::io::ErrorKind::ConnectionReset),
         );
         assert_eq!(reset.0.code, Code::TLS_HANDSHAKE_FAILED);
+    }
+
+    #[test]
+    fn the_system_roots_given_to_the_sdk_as_pem_are_the_same_certificates() {
+        let native = native_roots();
+        let back: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&native.pem)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(back, native.der);
+        assert!(
+            Arc::ptr_eq(&native, &native_roots()),
+            "reused, not read again"
+        );
     }
 
     #[test]
