@@ -99,7 +99,12 @@ fn connection_and_credential(
         }
         SourceSpec::S3(s) => {
             // The agent's own shape: HBR does not document ConnectionInfo for S3.
-            ci.insert("endpoint".into(), json!(s.endpoint.as_str()));
+            // As written, without the "/" the URL type adds to a bare host.
+            let endpoint = match s.endpoint.path() {
+                "/" => s.endpoint.as_str().trim_end_matches('/'),
+                _ => s.endpoint.as_str(),
+            };
+            ci.insert("endpoint".into(), json!(endpoint));
             ci.insert("bucket".into(), json!(s.bucket));
             ci.insert("region".into(), json!(s.region));
             if let Some(prefix) = &s.prefix {
@@ -394,6 +399,45 @@ pub(crate) mod tests {
         );
         assert!(!format!("{req:?}").contains("s3cr3t"));
         assert!(!req.params.values().any(|v| v.contains("s3cr3t")));
+    }
+
+    #[test]
+    fn s3_shape_and_secret_credential() {
+        let spec = |endpoint: &str, prefix: Option<&str>| S3Spec {
+            endpoint: endpoint.parse().unwrap(),
+            bucket: "backups".into(),
+            region: "us-east-1".into(),
+            prefix: prefix.map(Into::into),
+            path_style: true,
+            ca_file: None,
+            access_key_id: Secret::new("AKIDEXAMPLE", SecretOrigin::Literal),
+            access_key_secret: Secret::new("wJalr\"secret", SecretOrigin::Literal),
+        };
+        let s = source(
+            "archive",
+            SourceSpec::S3(spec("https://s3.example.com:9000", Some("hosts/"))),
+        );
+        let req = request(&s, "cl-1");
+        assert_eq!(req.params["DataSourceType"], "S3");
+        assert_eq!(
+            req.params["ConnectionInfo"],
+            r#"{"bucket":"backups","endpoint":"https://s3.example.com:9000","pathStyle":true,"prefix":"hosts/","region":"us-east-1"}"#
+        );
+        assert_eq!(
+            req.credential.as_ref().unwrap().expose(),
+            r#"{"accessKeyId":"AKIDEXAMPLE","accessKeySecret":"wJalr\"secret"}"#
+        );
+        assert!(!format!("{req:?} {s:?}").contains("AKIDEXAMPLE"));
+        assert!(!format!("{req:?} {s:?}").contains("wJalr"));
+        // An endpoint with a path keeps it as written; no prefix, no key.
+        let s = source(
+            "archive",
+            SourceSpec::S3(spec("https://gw.example.com/s3/", None)),
+        );
+        let ci: Value =
+            serde_json::from_str(&request(&s, "cl-1").params["ConnectionInfo"]).unwrap();
+        assert_eq!(ci["endpoint"], "https://gw.example.com/s3/");
+        assert!(ci.get("prefix").is_none());
     }
 
     #[test]

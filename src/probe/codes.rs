@@ -147,6 +147,74 @@ catalogue! {
     // ---- SMB: nas (smb) ----
 
     // ---- S3-compatible object storage ----
+    TLS_UNTRUSTED =>
+        "The server's TLS certificate does not chain to a trusted CA.",
+        "If the storage uses a private or self-signed CA, set ca_file on the source to that CA's \
+         PEM certificate (or install it in this host's trust store: update-ca-certificates). \
+         Check with: openssl s_client -connect HOST:PORT -servername HOST -showcerts.";
+    TLS_NAME_MISMATCH =>
+        "The server's TLS certificate is not valid for the host name in the endpoint.",
+        "Use the host name the certificate was issued for in endpoint (the reason lists the \
+         names it presents), or have the server's certificate reissued with this name in its \
+         subjectAltName. Connecting by IP needs an IP address SAN.";
+    TLS_EXPIRED =>
+        "The server's TLS certificate has expired or is not valid yet.",
+        "Renew the certificate on the server. If it looks valid, check this host's clock \
+         (timedatectl; chronyc tracking).";
+    TLS_EXPIRES_SOON =>
+        "Warning: the server's TLS certificate expires within 30 days.",
+        "Renew the certificate on the server before it expires; HBR's backups to it fail from \
+         that day on.";
+    TLS_HANDSHAKE_FAILED =>
+        "The TLS handshake failed for a reason other than the certificate.",
+        "The reason quotes the TLS error. A plain-http server on the port looks like this (use \
+         http:// in endpoint); so do servers that only offer protocol versions or ciphers \
+         older than TLS 1.2.";
+    TLS_CA_FILE_INVALID =>
+        "The source's ca_file cannot be read or holds no usable PEM CA certificate.",
+        "Point ca_file at a readable PEM file (-----BEGIN CERTIFICATE-----) holding the CA that \
+         issued the server's certificate, and check that the agent's user can read it.";
+    S3_INVALID_ACCESS_KEY =>
+        "The server does not know the access key id (InvalidAccessKeyId).",
+        "Check access_key_id for typos and that the key exists and is active on this server \
+         (a key of another account, region or S3 service is unknown here).";
+    S3_SIGNATURE_MISMATCH =>
+        "The request signature does not match (SignatureDoesNotMatch): usually the wrong secret.",
+        "Check access_key_secret: it must be the secret of access_key_id, without stray \
+         whitespace or a trailing newline in the secret file. A proxy that rewrites requests \
+         also breaks signatures.";
+    S3_ACCESS_DENIED =>
+        "The key is valid but the server denies it the bucket (AccessDenied).",
+        "Grant the key's user s3:ListBucket on the bucket and s3:GetObject on its objects \
+         (IAM or bucket policy, RAM policy on OSS); check explicit Deny statements and \
+         conditions such as source IP or VPC endpoint.";
+    S3_BUCKET_NOT_FOUND =>
+        "The bucket does not exist on this server (NoSuchBucket).",
+        "Check bucket for typos and that endpoint points at the server (and account) that \
+         holds it. With path_style = false the bucket name is also part of the host name.";
+    S3_WRONG_REGION =>
+        "The bucket lives in another region than the configured one.",
+        "Set region on the source to the region the reason names (for AWS also use that \
+         region's endpoint). Servers without regions (MinIO, Ceph RGW) name the one they \
+         expect in signatures: use that.";
+    S3_REQUEST_FAILED =>
+        "The S3 request failed with an error this agent has no more specific code for.",
+        "The reason quotes the server's error code and message; look them up in the \
+         storage's documentation. 5xx errors (InternalError, ServiceUnavailable, SlowDown) \
+         are on the server's side: retry later.";
+    S3_PREFIX_EMPTY =>
+        "Warning: no object exists under the configured prefix (or in the bucket).",
+        "HBR would back up nothing. Check prefix (S3 prefixes are case-sensitive and usually \
+         end with /) and that the data has been written to this bucket.";
+    CLOCK_SKEW =>
+        "This host's clock and the server's differ by more than the 15 minutes SigV4 allows.",
+        "Synchronise the clock of this host (timedatectl set-ntp true; chronyc tracking) or \
+         of the server: signed requests are refused while they differ.";
+    HTTP_UNEXPECTED =>
+        "Something answered at the endpoint, but not as S3 does: the answer has no S3 error code.",
+        "Check endpoint: scheme, host, port and path must reach the S3 API itself, not a web \
+         console, a load balancer's default page or another service. The reason shows the \
+         status, Content-Type and the start of what answered.";
 
     // ---- HDFS ----
     HDFS_NOT_A_NAMENODE =>
