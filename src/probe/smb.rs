@@ -195,7 +195,24 @@ async fn negotiate(stream: &mut TcpStream) -> Result<negotiate::Answer, String> 
     }
     let len = match negotiate::frame_len(header) {
         Ok(len) => len,
-        Err(answer) => return Ok(answer),
+        Err(_) => {
+            // Not SMB: quote the start of what it said ("HTTP/1.1 400 Bad Request").
+            let mut more = [0u8; 60];
+            let n = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                stream.read(&mut more),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+            let mut first_bytes = header.to_vec();
+            first_bytes.extend_from_slice(&more[..n]);
+            if let Some(end) = first_bytes.iter().position(|b| *b == b'\r' || *b == b'\n') {
+                first_bytes.truncate(end);
+            }
+            return Ok(negotiate::Answer::NotSmb { first_bytes });
+        }
     };
     let mut msg = vec![0u8; len.min(64 * 1024)];
     stream
