@@ -292,8 +292,12 @@ async fn run_child(
     std::fs::create_dir(&conf_dir)
         .and_then(|()| std::fs::write(conf_dir.join("smb.conf"), client_conf(home.path())))
         .map_err(|e| client_error(format!("cannot write the SMB client's smb.conf: {e}")))?;
-    let exe = std::env::current_exe()
-        .map_err(|e| client_error(format!("cannot find the agent's own binary: {e}")))?;
+    // /proc/self/exe still runs this very binary after a package upgrade replaced the file.
+    let exe = match std::path::Path::new("/proc/self/exe") {
+        p if p.exists() => p.to_path_buf(),
+        _ => std::env::current_exe()
+            .map_err(|e| client_error(format!("cannot find the agent's own binary: {e}")))?,
+    };
     let mut child = tokio::process::Command::new(exe)
         .arg(CHILD_COMMAND)
         .env_clear()
