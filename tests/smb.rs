@@ -257,9 +257,8 @@ async fn a_listener_that_never_answers_costs_only_its_own_deadline() {
 
 /// A proxy to the strict smbd that passes each connection's first message (NEGOTIATE) and its
 /// answer, then swallows everything the client sends: libsmbclient hangs in session setup, so
-/// only killing its child process ends the probe.
-#[tokio::test]
-async fn a_server_that_hangs_in_session_setup_costs_only_its_own_deadline() {
+/// only killing its child process ends the probe. Returns the proxy's port.
+async fn swallowing_proxy() -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -293,11 +292,107 @@ async fn a_server_that_hangs_in_session_setup_costs_only_its_own_deadline() {
             });
         }
     });
+    port
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_in_session_setup_costs_only_its_own_deadline() {
+    servers();
+    let port = swallowing_proxy().await;
     let hung = hung_beside_good(port).await;
     let (layer, detail) = failed_layer(&hung);
     assert_eq!(layer, "auth", "{hung:#}");
     assert!(detail.contains("session setup"), "{detail}");
     assert_eq!(hung["facts"]["smb_dialect"], "3.1.1");
+}
+
+/// The child processes of `pid` (from /proc/PID/stat's ppid field).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(child) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{child}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid …": comm may hold spaces, so split after the last ')'.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            out.push(child);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_password_is_never_in_the_childs_argv_or_environment() {
+    servers();
+    let port = swallowing_proxy().await;
+    let s = Setup::new(&source("hung", port, "/share", USER, PASSWORD)).await;
+    let agent = s
+        .agent()
+        .env("RUST_LOG", "trace")
+        .args(["probe", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agent.id().unwrap();
+    // The child hangs in session setup until the 5s deadline: look at it meanwhile.
+    let t0 = Instant::now();
+    let child = loop {
+        if let Some(c) = children_of(pid).into_iter().next() {
+            break c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(4),
+            "no child process appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap();
+    let environ = std::fs::read(format!("/proc/{child}/environ")).unwrap();
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(
+        args.last().map(String::as_str),
+        Some("__probe-smb"),
+        "{args:?}"
+    );
+    let vars: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    assert_eq!(vars.len(), 1, "only HOME: {vars:?}");
+    assert!(vars[0].starts_with("HOME="), "{vars:?}");
+    for text in args.iter().chain(vars.iter()) {
+        assert!(!text.contains(PASSWORD), "the password leaked: {text}");
+    }
+    let out = agent.wait_with_output().await.unwrap();
+    let r = Run::from(out);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stdout.contains("PROBE_TIMEOUT"), "{r:?}");
+    assert!(
+        !r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD),
+        "the password leaked into the output: {r:?}"
+    );
+    // The child was killed at the deadline, not left behind.
+    assert!(
+        !std::path::Path::new(&format!("/proc/{child}/cmdline")).exists()
+            || std::fs::read(format!("/proc/{child}/cmdline"))
+                .unwrap()
+                .is_empty(),
+        "the child {child} outlived the probe"
+    );
 }
 
 #[tokio::test]
