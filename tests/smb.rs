@@ -419,3 +419,28 @@ async fn the_child_subcommand_is_hidden_from_help() {
     let r = s.run(&["--help"]).await;
     assert!(!r.stdout.contains("__probe-smb"), "{r:?}");
 }
+
+#[tokio::test]
+async fn a_port_that_drops_connections_is_tcp_timeout() {
+    // A listener that never accepts, its backlog filled: the kernel drops further SYNs, as a
+    // firewall that drops packets would.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut filler = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(c)) = tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            filler.push(c);
+        }
+    }
+    let (code, rep) = failure_of(&source("f", addr.port(), "/share", USER, PASSWORD)).await;
+    assert_eq!(code, "TCP_TIMEOUT", "{rep:#}");
+    assert_eq!(failed_layer(&rep).0, "connect");
+    drop((listener, filler));
+}
