@@ -195,6 +195,15 @@ async fn server_down_is_tcp_refused() {
 }
 
 #[tokio::test]
+async fn an_smb1_only_server_is_a_protocol_mismatch() {
+    let (code, rep) = failure_of(&source("f", SMB1_PORT, "/share", USER, PASSWORD)).await;
+    assert_eq!(code, "SMB_PROTOCOL_MISMATCH", "{rep:#}");
+    let (layer, detail) = failed_layer(&rep);
+    assert_eq!(layer, "handshake");
+    assert!(detail.contains("SMB 2.0.2 to 3.1.1"), "{detail}");
+}
+
+#[tokio::test]
 async fn an_http_server_is_a_protocol_mismatch() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The SMB test servers: two Samba smbd on 127.0.0.1 from one template (smb/smb.conf).
+# The SMB test servers: three Samba smbd on 127.0.0.1 from one template (smb/smb.conf).
 #   strict  port 4455  map to guest = never: wrong passwords and unknown users are refused
 #   guest   port 4456  map to guest = bad password: a wrong password becomes a guest session
+#   smb1    port 4457  SMB1 (NT1) only
 # Users (both servers): smbtest / S3cretPass (the only one allowed on [share]) and
 # smbother / 0therPass (logs on, but [share] refuses it). [share] holds hello.txt and sub/.
 #   scripts/servers/smb.sh up     start, or reuse healthy ones we started; prints the root
@@ -16,14 +17,14 @@ exec 9>"$root/lock"
 flock 9
 PATH="$PATH:/usr/sbin:/sbin"
 
-INSTANCES="strict:4455:never guest:4456:bad_password"
+INSTANCES="strict:4455:never:SMB2_02:SMB3 guest:4456:bad_password:SMB2_02:SMB3 smb1:4457:never:NT1:NT1"
 
 alive() { [ -f "$root/$1/smbd.pid" ] && kill -0 "$(cat "$root/$1/smbd.pid")" 2>/dev/null; }
 
 ready() {
     local name=$1 port=$2
-    smbclient -s "$root/$name/smb.conf" -p "$port" //127.0.0.1/share -U 'smbtest%S3cretPass' \
-        -c ls >/dev/null 2>&1
+    smbclient -s "$root/$name/smb.conf" -p "$port" --option='client min protocol = NT1' \
+        //127.0.0.1/share -U 'smbtest%S3cretPass' -c ls >/dev/null 2>&1
 }
 
 stop_one() {
@@ -37,8 +38,13 @@ stop_one() {
 }
 
 start_one() {
-    local name=$1 port=$2 map=$3 dir="$root/$1"
-    if alive "$name" && ready "$name" "$port"; then
+    local name=$1 port=$2 map=$3 min=$4 max=$5 dir="$root/$1"
+    mkdir -p "$dir"
+    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@MAP@|${map/_/ }|g" \
+        -e "s|@MIN@|$min|g" -e "s|@MAX@|$max|g" \
+        -e "s|@NAME@|HBRTEST${name^^}|g" "$here/smb/smb.conf" >"$dir/smb.conf.want"
+    # Reuse a healthy server started from the same config.
+    if alive "$name" && cmp -s "$dir/smb.conf.want" "$dir/smb.conf" && ready "$name" "$port"; then
         return 0
     fi
     stop_one "$name"
@@ -51,8 +57,7 @@ start_one() {
     chmod 700 "$dir/private"
     echo hello >"$dir/share/hello.txt"
     chmod -R a+rX "$dir/share"
-    sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@MAP@|${map/_/ }|g" \
-        -e "s|@NAME@|HBRTEST${name^^}|g" "$here/smb/smb.conf" >"$dir/smb.conf"
+    mv "$dir/smb.conf.want" "$dir/smb.conf"
     for u in smbtest:S3cretPass smbother:0therPass; do
         id "${u%%:*}" >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin "${u%%:*}"
         printf '%s\n%s\n' "${u#*:}" "${u#*:}" |
@@ -85,8 +90,8 @@ up() {
     fi
     local i
     for i in $INSTANCES; do
-        IFS=: read -r name port map <<<"$i"
-        start_one "$name" "$port" "$map"
+        IFS=: read -r name port map min max <<<"$i"
+        start_one "$name" "$port" "$map" "$min" "$max"
     done
     echo "$root"
 }

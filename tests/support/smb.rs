@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 pub const STRICT_PORT: u16 = 4455;
 /// smbd with `map to guest = bad password`.
 pub const GUEST_PORT: u16 = 4456;
+/// smbd with `server max protocol = NT1` (SMB1 only).
+pub const SMB1_PORT: u16 = 4457;
 pub const USER: &str = "smbtest";
 pub const PASSWORD: &str = "S3cretPass";
 /// Logs on, but may not use [share].
