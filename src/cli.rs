@@ -95,6 +95,9 @@ pub enum Command {
     },
     /// What a failure code means and how to fix it.
     Explain { code: String },
+    /// Internal: the SMB probe's child process (request on stdin; see probe::smb::child).
+    #[command(name = "__probe-smb", hide = true)]
+    ProbeSmb,
 }
 
 impl Cli {
@@ -185,6 +188,7 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run => crate::daemon::run(&cli).await,
         Command::Status { json } => status_cmd(&cli, *json),
         Command::Explain { code } => Ok(explain_cmd(code)),
+        Command::ProbeSmb => Ok(crate::probe::smb::child::main()),
     }
 }
 

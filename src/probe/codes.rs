@@ -145,6 +145,40 @@ catalogue! {
          quotes the status. Probe again once the server is healthy.";
 
     // ---- SMB: nas (smb) ----
+    SMB_PROTOCOL_MISMATCH =>
+        "The server does not speak SMB 2.0.2-3.1.1 (it refused the NEGOTIATE, answered in SMB1 \
+         only, or is not an SMB server).",
+        "Enable SMB2/SMB3 on the server (Samba: server min protocol = SMB2_02 or higher; \
+         Windows: SMB2 is on unless disabled with Set-SmbServerConfiguration; NAS appliances: \
+         the minimum SMB version setting). Check that the port is the SMB port (445).";
+    SMB_LOGON_FAILURE =>
+        "The server refused the session setup: wrong user name, password or domain.",
+        "Check username, password and domain against the server (smbclient //HOST/SHARE -U \
+         DOMAIN\\USER). Also check that the account is enabled, not locked out and its password \
+         not expired; on Samba the user needs an smbpasswd entry (pdbedit -L).";
+    SMB_GUEST_FALLBACK =>
+        "The server also accepted a random wrong password (it maps bad passwords to guest), so \
+         the configured credentials prove nothing.",
+        "Turn off the mapping of bad passwords to guest on the server (Samba: map to guest = \
+         never or bad user; NAS appliances: disable guest access for the share), so that a \
+         wrong password fails instead of silently backing up what a guest may read.";
+    SMB_SHARE_NOT_FOUND =>
+        "The server has no share of that name (NT_STATUS_BAD_NETWORK_NAME).",
+        "share_path starts with the share name (/SHARE or /SHARE/DIR). List the shares with \
+         smbclient -L //HOST -U USER and fix the name; check the share is not hidden by \
+         access-based share enumeration.";
+    SMB_ACCESS_DENIED =>
+        "The user logged on but may not use the share or read the path (NT_STATUS_ACCESS_DENIED).",
+        "Grant the user read access: on Samba the share's valid users / read list and the file \
+         system permissions; on Windows both the share permissions and the NTFS ACL; on NAS \
+         appliances the share's user or group privileges.";
+    SMB_PATH_NOT_FOUND =>
+        "The directory after the share name in share_path does not exist or is a file.",
+        "Fix share_path (/SHARE/DIR) or create the directory on the server.";
+    SMB_CLIENT_ERROR =>
+        "The SMB client (libsmbclient) failed in a way the agent does not classify.",
+        "The reason carries libsmbclient's error. Check the server's logs for the same time, \
+         and that the runtime package libsmbclient is installed on this host.";
 
     // ---- S3-compatible object storage ----
     TLS_UNTRUSTED =>

@@ -1,11 +1,576 @@
-//! The smb probe (placeholder until its issue lands: it reports PROBE_NOT_IMPLEMENTED).
+//! `[nas.NAME] protocol = "smb"` (HBR `COMMON_NAS`, `fileSystemType` `smb`): a share on an SMB
+//! 2/3 server (Samba, Windows Server, NAS appliances).
+//!
+//! Layers: `resolve` and `connect` (the shared [`net`] steps), `handshake` (a hand-built SMB2
+//! NEGOTIATE in the agent itself: the dialect, or what the server offered instead), then `auth`
+//! and `access` through libsmbclient (pavao) in a child process of the agent, killed at the
+//! probe deadline so that a server that hangs mid-session costs only this probe's time and
+//! SMB probes run in parallel (see [`child`] and docs/smb.md).
+//!
+//! `auth`: session setup as `username` (tree connect to `IPC$`), then the same user with a
+//! random wrong password: a server that lets that in too maps bad passwords to guest, and the
+//! configured password proves nothing (`SMB_GUEST_FALLBACK`). `access`: tree connect to the
+//! share, `stat` of the path (libsmbclient's errno tells missing share, missing path and
+//! access denied apart; pavao's `list_dir` drops it), then the listing.
 
-use super::{Code, Failed, Recorder};
+pub mod child;
+mod negotiate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::process::Stdio;
+
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
+use tokio::net::TcpStream;
+
+use super::{Code, Failed, Layer, Recorder, net};
 use crate::config::NasSpec;
+use crate::secret::Secret;
 
-pub async fn probe(_spec: &NasSpec, _rec: &mut Recorder) -> Result<(), Failed> {
-    Err(Failed::new(
-        Code::PROBE_NOT_IMPLEMENTED,
-        "this build cannot probe this kind of source yet",
-    ))
+/// The hidden subcommand that runs [`child::main`].
+pub const CHILD_COMMAND: &str = "__probe-smb";
+
+/// Prefix of the child's result lines on stdout.
+const MARK: &str = "hbr-smb-step ";
+
+/// The request to the child, as JSON on its stdin.
+#[derive(Serialize, Deserialize)]
+struct Request {
+    /// `smb://ADDRESS:PORT` (the address the agent connected to, so no second lookup).
+    server: String,
+    /// `/SHARE`, percent-encoded.
+    share: String,
+    /// `/` or `/DIR/…` inside the share, percent-encoded.
+    path: String,
+    username: String,
+    password: String,
+    workgroup: String,
+    /// libsmbclient's per-operation timeout: the probe's time left.
+    timeout_ms: u64,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("server", &self.server)
+            .field("share", &self.share)
+            .field("path", &self.path)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("workgroup", &self.workgroup)
+            .finish()
+    }
+}
+
+/// The child's steps, in the order it runs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StepName {
+    /// Session setup with the configured credentials (tree connect to IPC$).
+    Logon,
+    /// Session setup with a random wrong password, tree connect to the share.
+    Guest,
+    /// Tree connect to the share, stat of its root.
+    Share,
+    /// Stat of the path inside the share.
+    Path,
+    /// Listing of the path.
+    List,
+}
+
+/// One step's outcome, one line of the child's stdout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Step {
+    name: StepName,
+    ok: bool,
+    /// libsmbclient's errno (it maps the server's NT status to one).
+    errno: Option<i32>,
+    message: String,
+    is_dir: bool,
+    entries: Option<usize>,
+    ms: u64,
+}
+
+pub async fn probe(spec: &NasSpec, rec: &mut Recorder) -> Result<(), Failed> {
+    let server = spec
+        .servers
+        .first()
+        .ok_or_else(|| Failed::new(Code::DNS_NOT_FOUND, "no server configured"))?;
+    let username = spec.username.clone().unwrap_or_default();
+    let empty = Secret::new("", crate::secret::SecretOrigin::Derived("password"));
+    let password = spec.password.as_ref().unwrap_or(&empty);
+    let (share, path) = split_share_path(&spec.share_path)?;
+
+    rec.start(Layer::Resolve);
+    let addrs = net::resolve(rec, &server.host, server.port).await?;
+    rec.pass(format!("{} → {}", server.host, addrs[0].ip()));
+
+    rec.start(Layer::Connect);
+    let mut stream = net::connect(rec, &addrs).await?;
+    let peer = stream
+        .peer_addr()
+        .map_err(|e| Failed::new(Code::TCP_REFUSED, format!("connection lost: {e}")))?;
+    rec.pass(format!("connected to {peer}"));
+
+    rec.start(Layer::Handshake);
+    let answer = rec
+        .within("the SMB2 NEGOTIATE", negotiate(&mut stream))
+        .await?;
+    drop(stream);
+    let dialect = handshake_outcome(peer, answer)?;
+    rec.fact("smb_dialect", negotiate::dialect_name(dialect.0));
+    rec.fact(
+        "smb_signing",
+        if dialect.1 { "required" } else { "enabled" },
+    );
+    rec.pass(format!(
+        "SMB {} negotiated",
+        negotiate::dialect_name(dialect.0)
+    ));
+
+    let workgroup = spec.domain.clone().unwrap_or_else(|| "WORKGROUP".into());
+    let req = Request {
+        server: smb_url(peer),
+        share: encode(&share),
+        path: encode(&path),
+        username,
+        password: password.expose().to_owned(),
+        workgroup,
+        timeout_ms: rec.remaining().as_millis() as u64,
+    };
+    rec.start(Layer::Auth);
+    run_child(rec, &req, &share, &path).await
+}
+
+/// `/share/dir/sub` → (`/share`, `/dir/sub`); `/share` → (`/share`, `/`). Backslashes count as
+/// slashes (operators copy UNC paths).
+fn split_share_path(share_path: &str) -> Result<(String, String), Failed> {
+    let parts: Vec<&str> = share_path
+        .split(['/', '\\'])
+        .filter(|p| !p.is_empty())
+        .collect();
+    let Some((share, rest)) = parts.split_first() else {
+        return Err(Failed::new(
+            Code::SMB_SHARE_NOT_FOUND,
+            format!("share_path {share_path:?} names no share (expected /SHARE or /SHARE/DIR)"),
+        ));
+    };
+    Ok((format!("/{share}"), format!("/{}", rest.join("/"))))
+}
+
+/// What libsmbclient URL-decodes in a path: everything but unreserved characters and `/`.
+const URL_PATH: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~')
+    .remove(b'/');
+
+fn encode(path: &str) -> String {
+    utf8_percent_encode(path, URL_PATH).to_string()
+}
+
+fn smb_url(peer: SocketAddr) -> String {
+    match peer {
+        SocketAddr::V4(a) => format!("smb://{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("smb://[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// The NEGOTIATE exchange on the connected stream.
+async fn negotiate(stream: &mut TcpStream) -> Result<negotiate::Answer, String> {
+    stream
+        .write_all(&negotiate::request())
+        .await
+        .map_err(|e| format!("sending NEGOTIATE failed: {e}"))?;
+    let mut header = [0u8; 4];
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err("closed the connection without answering".into());
+        }
+        Err(e) => return Err(format!("no answer: {e}")),
+    }
+    let len = match negotiate::frame_len(header) {
+        Ok(len) => len,
+        Err(_) => {
+            // Not SMB: quote the start of what it said ("HTTP/1.1 400 Bad Request").
+            let mut more = [0u8; 60];
+            let n = tokio::time::timeout(
+                std::time::Duration::from_millis(200),
+                stream.read(&mut more),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(0);
+            let mut first_bytes = header.to_vec();
+            first_bytes.extend_from_slice(&more[..n]);
+            if let Some(end) = first_bytes.iter().position(|b| *b == b'\r' || *b == b'\n') {
+                first_bytes.truncate(end);
+            }
+            return Ok(negotiate::Answer::NotSmb { first_bytes });
+        }
+    };
+    let mut msg = vec![0u8; len.min(64 * 1024)];
+    stream
+        .read_exact(&mut msg)
+        .await
+        .map_err(|e| format!("the answer broke off: {e}"))?;
+    Ok(negotiate::parse(&msg))
+}
+
+/// The dialect and whether signing is required, or the protocol failure.
+fn handshake_outcome(
+    peer: SocketAddr,
+    answer: Result<negotiate::Answer, String>,
+) -> Result<(u16, bool), Failed> {
+    use negotiate::Answer;
+    let offered = "SMB 2.0.2 to 3.1.1";
+    let mismatch = |what: String| Failed::new(Code::SMB_PROTOCOL_MISMATCH, what);
+    match answer {
+        Ok(Answer::Negotiated {
+            dialect,
+            signing_required,
+        }) if negotiate::DIALECTS.contains(&dialect) => Ok((dialect, signing_required)),
+        Ok(Answer::Negotiated { dialect, .. }) => Err(mismatch(format!(
+            "{peer} chose dialect {} to an offer of {offered}",
+            negotiate::dialect_name(dialect)
+        ))),
+        Ok(Answer::Refused { status }) => Err(mismatch(format!(
+            "{peer} refused an offer of {offered}: {}",
+            negotiate::status_name(status)
+        ))),
+        Ok(Answer::Smb1Only) => Err(mismatch(format!(
+            "{peer} answered an offer of {offered} in SMB1 (NT1) only"
+        ))),
+        Ok(Answer::NotSmb { first_bytes }) => Err(mismatch(format!(
+            "{peer} is not an SMB server: it answered {:?}",
+            String::from_utf8_lossy(&first_bytes)
+        ))),
+        Err(e) => Err(mismatch(format!(
+            "{peer} {e} to an SMB2 NEGOTIATE offering {offered} (an SMB1-only server does this)"
+        ))),
+    }
+}
+
+/// The child's private `~/.smb/smb.conf`: no lookups beyond the address given, no state
+/// written outside its temporary home, the same protocol range as the NEGOTIATE.
+fn client_conf(home: &std::path::Path) -> String {
+    let h = home.display();
+    format!(
+        "[global]\n\
+         \tclient min protocol = SMB2_02\n\
+         \tclient max protocol = SMB3\n\
+         \tname resolve order = host\n\
+         \tlock directory = {h}\n\
+         \tstate directory = {h}\n\
+         \tcache directory = {h}\n\
+         \tprivate dir = {h}\n\
+         \tncalrpc dir = {h}/ncalrpc\n\
+         \tlog level = 0\n"
+    )
+}
+
+fn client_error(reason: impl Into<String>) -> Failed {
+    Failed::new(Code::SMB_CLIENT_ERROR, reason)
+}
+
+async fn run_child(
+    rec: &mut Recorder,
+    req: &Request,
+    share: &str,
+    path: &str,
+) -> Result<(), Failed> {
+    let home = tempfile::Builder::new()
+        .prefix("hbr-smb-")
+        .tempdir()
+        .map_err(|e| client_error(format!("cannot create the SMB client's home: {e}")))?;
+    let conf_dir = home.path().join(".smb");
+    std::fs::create_dir(&conf_dir)
+        .and_then(|()| std::fs::write(conf_dir.join("smb.conf"), client_conf(home.path())))
+        .map_err(|e| client_error(format!("cannot write the SMB client's smb.conf: {e}")))?;
+    // /proc/self/exe still runs this very binary after a package upgrade replaced the file.
+    let exe = match std::path::Path::new("/proc/self/exe") {
+        p if p.exists() => p.to_path_buf(),
+        _ => std::env::current_exe()
+            .map_err(|e| client_error(format!("cannot find the agent's own binary: {e}")))?,
+    };
+    let mut child = tokio::process::Command::new(exe)
+        .arg(CHILD_COMMAND)
+        .env_clear()
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| client_error(format!("cannot start the SMB client process: {e}")))?;
+    let body = serde_json::to_vec(req).expect("the request serialises");
+    let mut stdin = child.stdin.take().expect("piped");
+    // Writing 1 KiB to a fresh pipe cannot block, but keep it under the deadline anyway.
+    rec.within("the SMB client process", async {
+        let _ = stdin.write_all(&body).await;
+        drop(stdin);
+    })
+    .await?;
+    drop(body);
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr_tail = tokio::spawn(async move {
+        let mut all = Vec::new();
+        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut all).await;
+        String::from_utf8_lossy(&all).into_owned()
+    });
+    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let mut due = format!(
+        "the SMB session setup as {} and tree connect to {share}",
+        req.username
+    );
+    loop {
+        let step = match rec.within(&due, lines.next_line()).await? {
+            Ok(Some(line)) => match line.strip_prefix(MARK) {
+                Some(json) => serde_json::from_str::<Step>(json).map_err(|e| {
+                    client_error(format!("unreadable answer from the SMB client: {e}"))
+                })?,
+                // libsmbclient's own chatter.
+                None => continue,
+            },
+            Ok(None) | Err(_) => {
+                let status = rec.within(&due, child.wait()).await?;
+                let tail = rec.within(&due, stderr_tail).await?.unwrap_or_default();
+                let last = tail.lines().last().unwrap_or("no output").to_owned();
+                return Err(client_error(format!(
+                    "the SMB client process ended during {due} ({}): {last}",
+                    status
+                        .map(|s| s.to_string())
+                        .unwrap_or_else(|e| e.to_string())
+                )));
+            }
+        };
+        match on_step(rec, req, share, path, &step)? {
+            Some(next) => due = next,
+            None => return Ok(()),
+        }
+    }
+}
+
+fn is_no_share(errno: i32) -> bool {
+    matches!(
+        errno,
+        libc_errno::ENOENT | libc_errno::ENODEV | libc_errno::ENXIO
+    )
+}
+
+fn is_denied(errno: i32) -> bool {
+    matches!(errno, libc_errno::EACCES | libc_errno::EPERM)
+}
+
+/// Advance the layers by one step of the child: what is due next, `None` when the probe
+/// passed, or the failure.
+fn on_step(
+    rec: &mut Recorder,
+    req: &Request,
+    share: &str,
+    path: &str,
+    step: &Step,
+) -> Result<Option<String>, Failed> {
+    let user = if req.workgroup.is_empty() {
+        req.username.clone()
+    } else {
+        format!("{}\\{}", req.workgroup, req.username)
+    };
+    let errno = step.errno.unwrap_or(0);
+    let said = errno_text(step);
+    let logged_on = |rec: &mut Recorder| {
+        rec.pass(format!("logged on as {user}"));
+        rec.start(Layer::Access);
+    };
+    match (step.name, step.ok) {
+        (StepName::Share, true) => Ok(Some(format!(
+            "the SMB session setup as {} with a wrong password (guest check)",
+            req.username
+        ))),
+        (StepName::Share, false) if is_no_share(errno) => {
+            logged_on(rec);
+            Err(Failed::new(
+                Code::SMB_SHARE_NOT_FOUND,
+                format!(
+                    "tree connect to {share} failed: NT_STATUS_BAD_NETWORK_NAME (libsmbclient: \
+                     {said})"
+                ),
+            ))
+        }
+        (StepName::Share, false) if is_denied(errno) => Ok(Some(format!(
+            "the SMB session setup as {} (logon check)",
+            req.username
+        ))),
+        (StepName::Share, false) => Err(transport_failure(
+            step,
+            &format!("session setup as {user} and tree connect to {share}"),
+        )),
+        (StepName::Logon, ok) if ok || is_no_share(errno) => {
+            logged_on(rec);
+            Err(Failed::new(
+                Code::SMB_ACCESS_DENIED,
+                format!(
+                    "tree connect to {share} as {user} refused: NT_STATUS_ACCESS_DENIED \
+                     (libsmbclient: Permission denied; the logon itself succeeds)"
+                ),
+            ))
+        }
+        (StepName::Logon, false) if is_denied(errno) => Err(Failed::new(
+            Code::SMB_LOGON_FAILURE,
+            format!(
+                "session setup as {user} refused: NT_STATUS_LOGON_FAILURE (libsmbclient: {said})"
+            ),
+        )),
+        (StepName::Logon, _) => Err(transport_failure(step, &format!("session setup as {user}"))),
+        (StepName::Guest, true) => Err(Failed::new(
+            Code::SMB_GUEST_FALLBACK,
+            format!(
+                "the server also let {user} reach {share} with a random wrong password (it maps \
+                 bad passwords to guest): the configured password is not checked"
+            ),
+        )),
+        (StepName::Guest, false) => {
+            rec.fact("smb_wrong_password", "refused");
+            rec.pass(format!(
+                "logged on as {user}; a wrong password cannot reach {share}"
+            ));
+            rec.start(Layer::Access);
+            Ok(Some(format!("the stat of {path} in {share}")))
+        }
+        (StepName::Path, true) if !step.is_dir => Err(Failed::new(
+            Code::SMB_PATH_NOT_FOUND,
+            format!("{path} in {share} is a file, not a directory"),
+        )),
+        (StepName::Path, true) => Ok(Some(format!("the listing of {path} in {share}"))),
+        (StepName::Path, false) if is_no_share(errno) || errno == libc_errno::ENOTDIR => {
+            Err(Failed::new(
+                Code::SMB_PATH_NOT_FOUND,
+                format!(
+                    "{path} does not exist in {share}: NT_STATUS_OBJECT_NAME_NOT_FOUND \
+                     (libsmbclient: {said})"
+                ),
+            ))
+        }
+        (StepName::Path, false) if is_denied(errno) => Err(Failed::new(
+            Code::SMB_ACCESS_DENIED,
+            format!(
+                "stat of {path} in {share} as {user}: NT_STATUS_ACCESS_DENIED (libsmbclient: \
+                 {said})"
+            ),
+        )),
+        (StepName::Path, false) => Err(transport_failure(
+            step,
+            &format!("stat of {path} in {share}"),
+        )),
+        (StepName::List, true) => {
+            let n = step.entries.unwrap_or(0);
+            rec.fact("entries", n.to_string());
+            rec.pass(format!("{share}{} listed: {n} entries", trim_root(path)));
+            Ok(None)
+        }
+        (StepName::List, false) => Err(Failed::new(
+            Code::SMB_ACCESS_DENIED,
+            format!(
+                "listing {path} in {share} as {user} failed (libsmbclient gives no reason: {})",
+                step.message
+            ),
+        )),
+    }
+}
+
+fn trim_root(path: &str) -> &str {
+    if path == "/" { "" } else { path }
+}
+
+fn errno_text(step: &Step) -> String {
+    step.message
+        .strip_prefix("IO Error: ")
+        .unwrap_or(&step.message)
+        .to_owned()
+}
+
+/// A failure that is not about credentials or the share: the connection, a timeout, or an
+/// errno the agent does not classify.
+fn transport_failure(step: &Step, what: &str) -> Failed {
+    let said = errno_text(step);
+    match step.errno.unwrap_or(0) {
+        libc_errno::ECONNREFUSED => Failed::new(Code::TCP_REFUSED, format!("{what}: {said}")),
+        libc_errno::ETIMEDOUT => Failed::new(
+            Code::PROBE_TIMEOUT,
+            format!("no answer to {what} within probe_timeout: {said}"),
+        ),
+        libc_errno::EHOSTUNREACH | libc_errno::ENETUNREACH => {
+            Failed::new(Code::TCP_UNREACHABLE, format!("{what}: {said}"))
+        }
+        _ => client_error(format!("{what} failed: {said}")),
+    }
+}
+
+/// The Linux errno values libsmbclient maps NT statuses to (no libc dependency for a handful
+/// of constants).
+pub(crate) mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const ENXIO: i32 = 6;
+    pub const EACCES: i32 = 13;
+    pub const ENODEV: i32 = 19;
+    pub const ENOTDIR: i32 = 20;
+    pub const ENETUNREACH: i32 = 101;
+    pub const ETIMEDOUT: i32 = 110;
+    pub const ECONNREFUSED: i32 = 111;
+    pub const EHOSTUNREACH: i32 = 113;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn share_path_splits_into_share_and_path() {
+        assert_eq!(
+            split_share_path("/finance").unwrap(),
+            ("/finance".into(), "/".into())
+        );
+        assert_eq!(
+            split_share_path("/finance/q1/").unwrap(),
+            ("/finance".into(), "/q1".into())
+        );
+        assert_eq!(
+            split_share_path("\\finance\\q1").unwrap(),
+            ("/finance".into(), "/q1".into())
+        );
+        assert_eq!(
+            split_share_path("/").unwrap_err().0.code,
+            Code::SMB_SHARE_NOT_FOUND
+        );
+        assert_eq!(encode("/Team Data/%x"), "/Team%20Data/%25x");
+    }
+
+    #[test]
+    fn the_request_never_shows_the_password() {
+        let r = Request {
+            server: "smb://127.0.0.1:445".into(),
+            share: "/s".into(),
+            path: "/".into(),
+            username: "u".into(),
+            password: "hunter2".into(),
+            workgroup: "W".into(),
+            timeout_ms: 1,
+        };
+        assert!(!format!("{r:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn urls_bracket_ipv6() {
+        assert_eq!(
+            smb_url("[::1]:445".parse().unwrap()),
+            "smb://[::1]:445".to_string()
+        );
+    }
 }

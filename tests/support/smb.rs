@@ -1,0 +1,50 @@
+//! The SMB test servers (scripts/servers/smb.sh): started once per test process, reused when
+//! already running. A server that cannot start fails the test with the script's output.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+/// smbd with `map to guest = never`.
+pub const STRICT_PORT: u16 = 4455;
+/// smbd with `map to guest = bad password`.
+pub const GUEST_PORT: u16 = 4456;
+/// smbd with `server max protocol = NT1` (SMB1 only).
+pub const SMB1_PORT: u16 = 4457;
+pub const USER: &str = "smbtest";
+pub const PASSWORD: &str = "S3cretPass";
+/// Logs on, but may not use [share].
+pub const OTHER_USER: &str = "smbother";
+pub const OTHER_PASSWORD: &str = "0therPass";
+
+pub fn servers() {
+    static UP: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = UP.get_or_init(|| {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/servers/smb.sh");
+        let out = std::process::Command::new("bash")
+            .arg(script)
+            .arg("up")
+            .output()
+            .map_err(|e| format!("cannot run {script}: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{script} up failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ))
+        }
+    });
+    if let Err(e) = r {
+        panic!("the SMB test servers did not start: {e}");
+    }
+}
+
+/// A `[nas.NAME]` SMB source.
+pub fn source(name: &str, port: u16, share_path: &str, user: &str, password: &str) -> String {
+    format!(
+        "[nas.{name}]\nprotocol = \"smb\"\nservers = [\"127.0.0.1:{port}\"]\n\
+         share_path = \"{share_path}\"\nusername = \"{user}\"\npassword = \"{password}\"\n"
+    )
+}
