@@ -366,10 +366,14 @@ impl Daemon {
     /// Keep the latest result per source and log each one that differs from the last.
     fn record(&mut self, report: PassReport) {
         for s in report.sources {
-            let unchanged = self
-                .last_results
-                .get(&s.name)
-                .is_some_and(|old| old.outcome == s.outcome && old.detail == s.detail);
+            use reconcile::Outcome::{Added, InSync, Updated};
+            let unchanged = self.last_results.get(&s.name).is_some_and(|old| {
+                (old.outcome == s.outcome && old.detail == s.detail)
+                    // What was just added or updated being in sync is no news.
+                    || (matches!(old.outcome, Added | Updated)
+                        && s.outcome == InSync
+                        && s.detail.is_empty())
+            });
             if !unchanged {
                 let id = s.data_source_id.as_deref().unwrap_or("-");
                 if s.outcome.is_failure() {

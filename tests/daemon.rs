@@ -18,6 +18,24 @@ async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// The text of a log written with colours.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Replace a file the way editors and config management do: write a temporary, rename over.
 fn replace(path: &std::path::Path, text: &str) {
     let tmp = path.with_extension("tmp~");
@@ -59,7 +77,7 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let log = || strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
 
     wait_for("first pass", || s.fake.data_sources().len() == 1).await;
     wait_for("READY=1 after the first pass", || {
@@ -80,6 +98,13 @@ async fn daemon_reloads_keeps_last_good_config_and_stops_cleanly() {
         &filesystem_source("two", two.path()),
     );
     wait_for("the drop-in's source", || s.fake.data_sources().len() == 2).await;
+    // The reload's result, once, in one line.
+    wait_for("the reload result", || {
+        log().contains(
+            r#"configuration reloaded added=["two"] updated=[] removed_from_config=[] unchanged=1"#,
+        )
+    })
+    .await;
 
     // A broken main file: logged, the last good config keeps running.
     replace(&s.config, "version = 1\n[agent]\ncluster_id = 42\n");
@@ -436,4 +461,73 @@ async fn metrics_listener_is_loopback_only() {
     let r = s.run(&["run", "--metrics-listen", "0.0.0.0:9469"]).await;
     assert_eq!(r.code, 64, "{r:?}");
     assert!(r.stderr.contains("not a loopback address"), "{r:?}");
+}
+
+#[tokio::test]
+async fn anti_entropy_reports_a_failing_probe_without_touching_the_registration() {
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("one", data.path())).await;
+    let text = std::fs::read_to_string(&s.config).unwrap().replace(
+        "probe_timeout = \"5s\"",
+        "probe_timeout = \"5s\"\nreprobe_interval = \"1s\"",
+    );
+    std::fs::write(&s.config, text).unwrap();
+    let runtime = s.dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap();
+    let notify = NotifySocket::bind(&s.dir.path().join("notify.sock"));
+    let mut child = s
+        .agent()
+        .env("NOTIFY_SOCKET", s.dir.path().join("notify.sock"))
+        .args(["run", "--runtime-dir"])
+        .arg(&runtime)
+        .spawn()
+        .unwrap();
+    wait_for("first pass", || notify.find(0, "READY=1").is_some()).await;
+    let registered = s.fake.data_sources();
+    assert_eq!(registered.len(), 1);
+
+    // The directory goes away (an unmounted file system would look alike).
+    let path = data.path().to_path_buf();
+    drop(data);
+    assert!(!path.exists());
+    wait_for("the failure in metrics", || {
+        scrape(&runtime).get(r#"probe_failure{source="one",code="PATH_NOT_FOUND"}"#) == Some(&1.0)
+    })
+    .await;
+    let m = scrape(&runtime);
+    assert_eq!(
+        m.get(r#"probe_success{source="one",kind="filesystem"}"#),
+        Some(&0.0)
+    );
+    assert_eq!(m.get(r#"source_in_sync{source="one"}"#), Some(&0.0));
+    wait_for("STATUS= with the code", || {
+        notify
+            .find(0, "STATUS=0/1 in sync; one: PATH_NOT_FOUND")
+            .is_some()
+    })
+    .await;
+    let st = tokio::task::spawn_blocking({
+        let runtime = runtime.clone();
+        move || hbr_source_agent::control::query_status(&runtime).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(st.sources[0].probe_code.as_deref(), Some("PATH_NOT_FOUND"));
+    assert_eq!(
+        st.sources[0].data_source_id.as_deref(),
+        Some(registered[0].data_source_id.as_str())
+    );
+
+    // The registration is left exactly as it was.
+    assert_eq!(s.writes().len(), 1, "only the first add: {:?}", s.writes());
+    let now = s.fake.data_sources();
+    assert_eq!(now.len(), 1);
+    assert_eq!(now[0].connection_info, registered[0].connection_info);
+
+    signal(&child, rustix::process::Signal::TERM);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
 }
