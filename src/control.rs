@@ -55,13 +55,9 @@ pub struct SourceStatus {
 
 pub type SharedStatus = Arc<Mutex<DaemonStatus>>;
 
-/// Bind the Unix socket (replacing a stale one) and, if asked, the loopback TCP listener, and
-/// serve them until the process ends. Returns the socket path to remove on exit.
-pub fn serve(
-    runtime_dir: &Path,
-    tcp: Option<SocketAddr>,
-    status: SharedStatus,
-) -> anyhow::Result<PathBuf> {
+/// Bind the Unix socket (replacing a stale one) and serve metrics and status on it until the
+/// process ends. Returns the socket path to remove on exit.
+pub fn serve_unix(runtime_dir: &Path, status: SharedStatus) -> anyhow::Result<PathBuf> {
     let path = runtime_dir.join(SOCKET_NAME);
     match std::fs::remove_file(&path) {
         Ok(()) => {}
@@ -73,43 +69,44 @@ pub fn serve(
     // Group members (a Prometheus scraper, an operator) may connect; UMask would leave 0600.
     rustix::fs::chmod(&path, rustix::fs::Mode::from_raw_mode(0o660))
         .with_context(|| format!("cannot chmod {}", path.display()))?;
-    {
-        let status = status.clone();
-        tokio::spawn(async move {
-            loop {
-                match unix.accept().await {
-                    Ok((conn, _)) => {
-                        tokio::spawn(handle(conn, status.clone(), true));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "runtime socket accept failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
+    tokio::spawn(async move {
+        loop {
+            match unix.accept().await {
+                Ok((conn, _)) => {
+                    tokio::spawn(handle(conn, status.clone(), true));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "runtime socket accept failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-        });
-    }
-    if let Some(addr) = tcp {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        listener.set_nonblocking(true)?;
-        let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!(listen = %listener.local_addr()?, "metrics on loopback TCP");
-        tokio::spawn(async move {
-            loop {
-                match listener.accept().await {
-                    Ok((conn, _)) => {
-                        tokio::spawn(handle(conn, status.clone(), false));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "metrics listener accept failed");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
-    }
+        }
+    });
     Ok(path)
+}
+
+/// Serve metrics (only) on a loopback TCP address until the process ends.
+pub fn serve_tcp(addr: SocketAddr) -> anyhow::Result<()> {
+    let listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tracing::info!(listen = %listener.local_addr()?, "metrics on loopback TCP");
+    let no_status = SharedStatus::default();
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    tokio::spawn(handle(conn, no_status.clone(), false));
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics listener accept failed");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    Ok(())
 }
 
 async fn handle<C: AsyncRead + AsyncWrite + Unpin>(
@@ -220,7 +217,7 @@ mod tests {
             summary: "1/1 in sync".into(),
             ..Default::default()
         }));
-        let sock = serve(dir.path(), None, status).unwrap();
+        let sock = serve_unix(dir.path(), status).unwrap();
         let mode = std::fs::metadata(&sock).unwrap();
         assert_eq!(
             std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

@@ -168,9 +168,12 @@ pub async fn run(
         ..DaemonStatus::default()
     }));
     // Metrics and status are for operators; the agent's job does not depend on them.
-    let socket = match crate::control::serve(runtime_dir, metrics_listen, status.clone()) {
+    // An explicitly asked listener that cannot bind is an error, the default socket is not.
+    if let Some(addr) = metrics_listen {
+        crate::control::serve_tcp(addr)?;
+    }
+    let socket = match crate::control::serve_unix(runtime_dir, status.clone()) {
         Ok(p) => Some(p),
-        Err(e) if metrics_listen.is_some() => return Err(e),
         Err(e) => {
             tracing::warn!(error = %format!("{e:#}"), "no metrics and status socket (`status` will read the state file)");
             None
