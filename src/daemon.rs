@@ -213,9 +213,9 @@ pub async fn run(
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status_line())]);
 
+    // A fixed point in time: neither watchdog pings nor reloads push the next pass back.
+    let mut next_pass = tokio::time::Instant::now() + jittered(d.next_pass_in());
     loop {
-        // A fixed point in time: watchdog pings must not push the next pass back.
-        let next_pass = tokio::time::Instant::now() + jittered(d.next_pass_in());
         let work = loop {
             tokio::select! {
                 why = signals.stop() => return d.shutdown(why),
@@ -225,14 +225,19 @@ pub async fn run(
                 () = d.watchdog.due() => Watchdog::ping(),
             }
         };
-        match work {
-            Work::Reload(_) => watcher.refresh(),
+        let periodic = !matches!(work, Work::Reload(_));
+        if periodic {
             // Steady state is quiet: what changed is logged by `record`.
-            _ => tracing::debug!("periodic re-probe and HBR check"),
+            tracing::debug!("periodic re-probe and HBR check");
+        } else {
+            watcher.refresh();
         }
         if let Some(why) = d.guarded(work, &mut signals).await {
             return d.shutdown(why);
         }
+        // After a reload, only sooner (its pass may have failed and want a retry).
+        let due = tokio::time::Instant::now() + jittered(d.next_pass_in());
+        next_pass = if periodic { due } else { next_pass.min(due) };
         notify(&[NotifyState::Status(&d.status_line())]);
     }
 }
