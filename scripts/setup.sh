@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what building and testing hbr-source-agent needs on Debian 12: system packages and
-# the official Alibaba Cloud Python SDK signer the signature cross-check test compares against.
-# Idempotent; run as root (or with sudo available). Reaches only Debian's and PyPI's registries.
+# Installs what building and testing hbr-source-agent needs on Debian 12: system packages,
+# the official Alibaba Cloud Python SDK signer the signature cross-check test compares against,
+# and cargo-deb for the package check. Idempotent; run as root (or with sudo available). Reaches
+# only Debian's, PyPI's and crates.io's registries.
 set -euo pipefail
 
 SUDO=""
@@ -45,4 +46,13 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+
+# cargo-deb for scripts/package.sh, built once into the cache (about 5 min on 2 cores), pinned.
+TOOLS="${HBR_CACHE:-/var/cache/hbr-source-agent}/tools"
+CARGO_DEB_VERSION="3.8.0"
+if ! "$TOOLS/bin/cargo-deb" --version 2>/dev/null | grep -qx "cargo-deb $CARGO_DEB_VERSION"; then
+  $SUDO mkdir -p "$TOOLS"
+  $SUDO env "PATH=$PATH" cargo install cargo-deb --version "$CARGO_DEB_VERSION" --locked --quiet \
+    --root "$TOOLS" --target-dir "$TOOLS/build"
+fi
 echo "setup: ok"

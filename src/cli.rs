@@ -87,11 +87,21 @@ pub enum Command {
         json: bool,
     },
     /// The daemon (under systemd).
-    Run,
-    /// The last known state from the state file. Exit 0.
+    Run {
+        /// Where the metrics and status socket goes (systemd sets RUNTIME_DIRECTORY).
+        #[arg(long, env = "RUNTIME_DIRECTORY", default_value = RUNTIME_DIR)]
+        runtime_dir: PathBuf,
+        /// Also serve /metrics over TCP on this loopback address (e.g. 127.0.0.1:9469).
+        #[arg(long, value_parser = loopback_addr)]
+        metrics_listen: Option<std::net::SocketAddr>,
+    },
+    /// What the running daemon knows (over its runtime socket), else the state file. Exit 0.
     Status {
         #[arg(long)]
         json: bool,
+        /// The running daemon's runtime directory.
+        #[arg(long, default_value = RUNTIME_DIR)]
+        runtime_dir: PathBuf,
     },
     /// What a failure code means and how to fix it.
     Explain { code: String },
@@ -100,11 +110,25 @@ pub enum Command {
     ProbeSmb,
 }
 
+/// The runtime directory under systemd (`RuntimeDirectory=hbr-source-agent`).
+pub const RUNTIME_DIR: &str = "/run/hbr-source-agent";
+
+fn loopback_addr(s: &str) -> Result<std::net::SocketAddr, String> {
+    let addr: std::net::SocketAddr = s.parse().map_err(|e| format!("{e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{addr} is not a loopback address; metrics are served on loopback only (put a \
+             proxy in front to scrape from elsewhere)"
+        ));
+    }
+    Ok(addr)
+}
+
 impl Cli {
     /// The default log level of a command: the daemon tells what it does, one-shot commands
     /// print their result and log only problems.
     pub fn log_directive(&self) -> &'static str {
-        let base: i8 = if matches!(self.command, Command::Run) {
+        let base: i8 = if matches!(self.command, Command::Run { .. }) {
             2
         } else {
             1
@@ -185,8 +209,11 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             pass_cmd(&cfg, Mode::Apply, *json).await
         }
-        Command::Run => crate::daemon::run(&cli).await,
-        Command::Status { json } => status_cmd(&cli, *json),
+        Command::Run {
+            runtime_dir,
+            metrics_listen,
+        } => crate::daemon::run(&cli, runtime_dir, *metrics_listen).await,
+        Command::Status { json, runtime_dir } => status_cmd(&cli, *json, runtime_dir),
         Command::Explain { code } => Ok(explain_cmd(code)),
         Command::ProbeSmb => Ok(crate::probe::smb::child::main()),
     }
@@ -406,7 +433,65 @@ pub fn write_pass(
     }
 }
 
-fn status_cmd(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
+fn status_cmd(cli: &Cli, json: bool, runtime_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
+    match crate::control::query_status(runtime_dir) {
+        Ok(st) => {
+            let mut out = std::io::stdout().lock();
+            if json {
+                serde_json::to_writer_pretty(&mut out, &st)?;
+                writeln!(out)?;
+            } else {
+                write_daemon_status(&mut out, &st)?;
+            }
+            return Ok(ExitCode::from(exit::OK));
+        }
+        // Not running (or not readable by this user): the state file tells the last pass.
+        Err(e) => eprintln!("note: no answer from a running agent ({e:#}); showing the state file"),
+    }
+    state_status(cli, json)
+}
+
+fn write_daemon_status(
+    out: &mut impl std::io::Write,
+    st: &crate::control::DaemonStatus,
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "agent running (pid {}, since {}), client group {}: {}",
+        st.pid, st.started_at, st.cluster_id, st.summary
+    )?;
+    match &st.config_error {
+        None => writeln!(out, "config loaded {}", st.last_reload_at)?,
+        Some(e) => writeln!(
+            out,
+            "config reload FAILED {} (running the last good config): {e}",
+            st.last_reload_at
+        )?,
+    }
+    if let Some(e) = &st.pass_error {
+        writeln!(out, "last pass failed: {e}")?;
+    }
+    for s in &st.sources {
+        let probe = match &s.probe_code {
+            Some(c) => format!("probe failed {c}"),
+            None => format!("probe {}", s.probe),
+        };
+        writeln!(
+            out,
+            "  {:<24} {:<13} {:<24} {probe}, since {}",
+            s.name,
+            s.outcome,
+            s.data_source_id.as_deref().unwrap_or("-"),
+            s.last_change
+        )?;
+        if let Some(e) = &s.last_error {
+            writeln!(out, "      {e}")?;
+        }
+    }
+    Ok(())
+}
+
+fn state_status(cli: &Cli, json: bool) -> anyhow::Result<ExitCode> {
     let (state_dir, configured): (PathBuf, BTreeSet<String>) = match config::load(&cli.config) {
         Ok(cfg) => (
             cfg.agent.state_dir.clone(),

@@ -4,10 +4,10 @@
 //! SIGTERM finishes or abandons the pass in flight within a bound, writes state, exits 0.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use notify::{EventKind, RecursiveMode};
@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::cli::{self, Cli, exit};
 use crate::config::{self, Config};
+use crate::control::{DaemonStatus, SharedStatus, SourceStatus};
 use crate::hbr::client::HbrClient;
 use crate::reconcile::{self, Mode, PassReport, SourceResult};
 use crate::state::{State, StateStore};
@@ -53,6 +54,58 @@ impl Signals {
     }
 }
 
+/// The systemd watchdog: pings at half of `WATCHDOG_USEC`, sent from the main loop, and during
+/// a pass only while the pass is within the time it can legitimately take. A wedged runtime or
+/// a pass stuck past every deadline stops the pings, and systemd restarts the service.
+struct Watchdog {
+    tick: Option<tokio::time::Interval>,
+}
+
+impl Watchdog {
+    fn from_env() -> Watchdog {
+        let tick = sd_notify::watchdog_enabled().map(|period| {
+            let mut i = tokio::time::interval((period / 2).max(Duration::from_millis(10)));
+            i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            i
+        });
+        Watchdog { tick }
+    }
+
+    /// Completes at the next ping time; never when the watchdog is off.
+    async fn due(&mut self) {
+        match &mut self.tick {
+            Some(i) => {
+                i.tick().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    fn ping() {
+        notify(&[NotifyState::Watchdog]);
+    }
+}
+
+/// Beyond the probes' own deadlines, what a pass may spend on HBR (retries with backoff,
+/// several pages, one call per source) before the watchdog considers it stuck.
+const PASS_HBR_ALLOWANCE: Duration = Duration::from_secs(30 * 60);
+
+/// How long a pass over `cfg` can take while still making progress.
+fn pass_bound(cfg: &Config) -> Duration {
+    let waves = cfg
+        .sources
+        .len()
+        .div_ceil(cfg.agent.probe_concurrency.get())
+        .max(1) as u32;
+    cfg.agent.probe_timeout.saturating_mul(waves + 1) + PASS_HBR_ALLOWANCE
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
 fn notify(state: &[NotifyState]) {
     // A no-op outside systemd (no NOTIFY_SOCKET).
     if let Err(e) = sd_notify::notify(state) {
@@ -74,22 +127,58 @@ struct Daemon {
     pass_error: Option<String>,
     /// Passes in a row that left work undone because of HBR (not because of a probe).
     failed_passes: u32,
-    reload_ok: bool,
+    /// Why the last reload failed; `None` when the running config is the latest.
+    reload_error: Option<String>,
+    last_reload_at: String,
+    last_pass_at: Option<String>,
+    /// When each source's outcome last changed.
+    changed_at: BTreeMap<String, String>,
+    /// What `status` and the runtime socket show.
+    status: SharedStatus,
+    /// The runtime socket, removed on exit.
+    socket: Option<PathBuf>,
+    watchdog: Watchdog,
 }
 
-pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    cli: &Cli,
+    runtime_dir: &Path,
+    metrics_listen: Option<std::net::SocketAddr>,
+) -> anyhow::Result<ExitCode> {
     // Before anything else: a SIGTERM during start-up must still end cleanly.
     let (mut signals, mut hup) = Signals::install().context("cannot install signal handlers")?;
     let cfg = match cli::load_config(cli, false) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    crate::metrics::global().config_loaded(true);
     let store = StateStore::open(&cfg.agent.state_dir)?;
     let key = store.hmac_key()?;
     let state = store.load()?;
     let client = HbrClient::new(&cfg.control_plane).context("cannot set up the HBR client")?;
     let (reload_tx, mut reload_rx) = mpsc::channel::<()>(1);
     let mut watcher = ConfigWatcher::start(&cli.config, reload_tx)?;
+    let status = Arc::new(Mutex::new(DaemonStatus {
+        pid: std::process::id(),
+        started_at: now_rfc3339(),
+        cluster_id: cfg.agent.cluster_id.clone(),
+        summary: "first reconcile pass".into(),
+        config_ok: true,
+        last_reload_at: now_rfc3339(),
+        ..DaemonStatus::default()
+    }));
+    // Metrics and status are for operators; the agent's job does not depend on them.
+    // An explicitly asked listener that cannot bind is an error, the default socket is not.
+    if let Some(addr) = metrics_listen {
+        crate::control::serve_tcp(addr)?;
+    }
+    let socket = match crate::control::serve_unix(runtime_dir, status.clone()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %format!("{e:#}"), "no metrics and status socket (`status` will read the state file)");
+            None
+        }
+    };
     tracing::info!(
         config = %cli.config.display(),
         sources = cfg.sources.len(),
@@ -106,77 +195,58 @@ pub async fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         last_results: BTreeMap::new(),
         pass_error: None,
         failed_passes: 0,
-        reload_ok: true,
+        reload_error: None,
+        last_reload_at: now_rfc3339(),
+        last_pass_at: None,
+        changed_at: BTreeMap::new(),
+        status,
+        socket,
+        watchdog: Watchdog::from_env(),
     };
 
     // READY=1 comes after the first pass, whose length depends on the endpoints and HBR. Every
     // probe and call in it has a deadline, so it ends; but many sources behind a throttling
     // HBR can outlast TimeoutStartSec, so the start timeout is extended while it runs.
     notify(&[NotifyState::Status("first reconcile pass")]);
-    let first_pass = async {
-        let keep_alive = async {
-            loop {
-                notify(&[NotifyState::ExtendTimeoutUsec(
-                    START_EXTENSION.as_micros() as u32
-                )]);
-                tokio::time::sleep(START_EXTENSION / 3).await;
-            }
-        };
-        tokio::select! {
-            () = d.pass(None) => {}
-            () = keep_alive => {}
-        }
-    };
-    if let Some(why) = guarded(first_pass, &mut signals).await {
+    if let Some(why) = d.guarded(Work::FirstPass, &mut signals).await {
         return d.shutdown(why);
     }
     notify(&[NotifyState::Ready, NotifyState::Status(&d.status_line())]);
 
+    // A fixed point in time: neither watchdog pings nor reloads push the next pass back.
+    let mut next_pass = tokio::time::Instant::now() + jittered(d.next_pass_in());
     loop {
-        let wait = jittered(d.next_pass_in());
-        let trigger = tokio::select! {
-            why = signals.stop() => return d.shutdown(why),
-            _ = hup.recv() => Trigger::Reload("SIGHUP"),
-            Some(()) = reload_rx.recv() => Trigger::Reload("config file changed"),
-            _ = tokio::time::sleep(wait) => Trigger::AntiEntropy,
-        };
-        let stopped = match trigger {
-            Trigger::Reload(why) => {
-                watcher.refresh();
-                guarded(d.reload(why), &mut signals).await
-            }
-            Trigger::AntiEntropy => {
-                tracing::info!("periodic re-probe and HBR check");
-                guarded(d.pass(None), &mut signals).await
+        let work = loop {
+            tokio::select! {
+                why = signals.stop() => return d.shutdown(why),
+                _ = hup.recv() => break Work::Reload("SIGHUP"),
+                Some(()) = reload_rx.recv() => break Work::Reload("config file changed"),
+                _ = tokio::time::sleep_until(next_pass) => break Work::Pass,
+                () = d.watchdog.due() => Watchdog::ping(),
             }
         };
-        if let Some(why) = stopped {
+        let periodic = !matches!(work, Work::Reload(_));
+        if periodic {
+            // Steady state is quiet: what changed is logged by `record`.
+            tracing::debug!("periodic re-probe and HBR check");
+        } else {
+            watcher.refresh();
+        }
+        if let Some(why) = d.guarded(work, &mut signals).await {
             return d.shutdown(why);
         }
+        // After a reload, only sooner (its pass may have failed and want a retry).
+        let due = tokio::time::Instant::now() + jittered(d.next_pass_in());
+        next_pass = if periodic { due } else { next_pass.min(due) };
         notify(&[NotifyState::Status(&d.status_line())]);
     }
 }
 
-enum Trigger {
+/// What the main loop runs under [`Daemon::guarded`].
+enum Work {
+    FirstPass,
+    Pass,
     Reload(&'static str),
-    AntiEntropy,
-}
-
-/// Run `work`; if a stop signal arrives meanwhile, give it [`SHUTDOWN_GRACE`] to finish and
-/// return which signal it was.
-async fn guarded<F: Future<Output = ()>>(work: F, signals: &mut Signals) -> Option<&'static str> {
-    tokio::pin!(work);
-    tokio::select! {
-        () = &mut work => None,
-        why = signals.stop() => {
-            tracing::info!(signal = why, grace = ?SHUTDOWN_GRACE, "stopping; letting the pass in flight finish");
-            notify(&[NotifyState::Stopping]);
-            if tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await.is_err() {
-                tracing::warn!("abandoned the pass in flight; the next start describes HBR before adding anything");
-            }
-            Some(why)
-        }
-    }
 }
 
 /// After a pass that could not finish (HBR unreachable, throttled, refused), the next one comes
@@ -213,10 +283,58 @@ impl Daemon {
             }
             .summary(),
         };
-        if !self.reload_ok {
+        if self.reload_error.is_some() {
             s.push_str("; config reload failed, running the last good config");
         }
         s
+    }
+
+    /// Run `work`, pinging the watchdog while it is within [`pass_bound`] (and extending the
+    /// start timeout during the first pass). If a stop signal arrives meanwhile, give the work
+    /// [`SHUTDOWN_GRACE`] to finish and return which signal it was.
+    async fn guarded(&mut self, work: Work, signals: &mut Signals) -> Option<&'static str> {
+        let bound = pass_bound(&self.cfg);
+        let started = Instant::now();
+        let first = matches!(work, Work::FirstPass);
+        let mut watchdog = std::mem::replace(&mut self.watchdog, Watchdog { tick: None });
+        let mut extend = tokio::time::interval(START_EXTENSION / 3);
+        let mut overdue = false;
+        let stopped = {
+            let fut = async {
+                match work {
+                    Work::FirstPass | Work::Pass => self.pass(None).await,
+                    Work::Reload(why) => self.reload(why).await,
+                }
+            };
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    () = &mut fut => break None,
+                    why = signals.stop() => {
+                        tracing::info!(signal = why, grace = ?SHUTDOWN_GRACE, "stopping; letting the pass in flight finish");
+                        notify(&[NotifyState::Stopping]);
+                        if tokio::time::timeout(SHUTDOWN_GRACE, &mut fut).await.is_err() {
+                            tracing::warn!("abandoned the pass in flight; the next start describes HBR before adding anything");
+                        }
+                        break Some(why);
+                    }
+                    () = watchdog.due() => {
+                        if started.elapsed() < bound {
+                            Watchdog::ping();
+                        } else if !overdue {
+                            overdue = true;
+                            tracing::error!(bound = ?bound, "the pass is taking longer than any of its deadlines allow; no more watchdog pings");
+                        }
+                    }
+                    _ = extend.tick(), if first => notify(&[NotifyState::ExtendTimeoutUsec(
+                        START_EXTENSION.as_micros() as u32,
+                    )]),
+                }
+            }
+        };
+        self.watchdog = watchdog;
+        self.publish();
+        stopped
     }
 
     async fn pass(&mut self, only: Option<&BTreeSet<String>>) {
@@ -230,6 +348,7 @@ impl Daemon {
             &self.key,
         )
         .await;
+        self.last_pass_at = Some(now_rfc3339());
         match result {
             Ok(report) => {
                 self.pass_error = None;
@@ -255,10 +374,14 @@ impl Daemon {
     /// Keep the latest result per source and log each one that differs from the last.
     fn record(&mut self, report: PassReport) {
         for s in report.sources {
-            let unchanged = self
-                .last_results
-                .get(&s.name)
-                .is_some_and(|old| old.outcome == s.outcome && old.detail == s.detail);
+            use reconcile::Outcome::{Added, InSync, Updated};
+            let unchanged = self.last_results.get(&s.name).is_some_and(|old| {
+                (old.outcome == s.outcome && old.detail == s.detail)
+                    // What was just added or updated being in sync is no news.
+                    || (matches!(old.outcome, Added | Updated)
+                        && s.outcome == InSync
+                        && s.detail.is_empty())
+            });
             if !unchanged {
                 let id = s.data_source_id.as_deref().unwrap_or("-");
                 if s.outcome.is_failure() {
@@ -266,6 +389,7 @@ impl Daemon {
                 } else {
                     tracing::info!(source = %s.name, outcome = s.outcome.as_str(), data_source_id = id, "{}", s.detail);
                 }
+                self.changed_at.insert(s.name.clone(), now_rfc3339());
             }
             self.last_results.insert(s.name.clone(), s);
         }
@@ -273,11 +397,66 @@ impl Daemon {
         let (cfg, state) = (&self.cfg, &self.state);
         self.last_results
             .retain(|name, _| cfg.sources.contains_key(name) || state.sources.contains_key(name));
+        let known = &self.last_results;
+        self.changed_at.retain(|name, _| known.contains_key(name));
+    }
+
+    /// Metrics and the runtime socket's status from what the daemon knows now.
+    fn publish(&self) {
+        crate::metrics::global().publish(self.last_results.values());
+        let sources = self
+            .last_results
+            .values()
+            .map(|r| SourceStatus {
+                name: r.name.clone(),
+                kind: r.kind.to_string(),
+                outcome: r.outcome.as_str().to_string(),
+                data_source_id: r.data_source_id.clone(),
+                probe: match &r.probe {
+                    None => "not probed".into(),
+                    Some(p) if p.passed() => "passed".into(),
+                    Some(_) => "failed".into(),
+                },
+                probe_code: r
+                    .probe
+                    .as_ref()
+                    .and_then(|p| p.failure.as_ref())
+                    .map(|f| f.code.to_string()),
+                last_change: self.changed_at.get(&r.name).cloned().unwrap_or_default(),
+                last_error: r.outcome.is_failure().then(|| r.detail.clone()),
+            })
+            .collect();
+        let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        st.cluster_id = self.cfg.agent.cluster_id.clone();
+        st.summary = self.status_line();
+        st.config_ok = self.reload_error.is_none();
+        st.config_error = self.reload_error.clone();
+        st.last_reload_at = self.last_reload_at.clone();
+        st.last_pass_at = self.last_pass_at.clone();
+        st.pass_error = self.pass_error.clone();
+        st.sources = sources;
+    }
+
+    /// One reload, told to systemd as `RELOADING=1` (with `MONOTONIC_USEC`, which systemd 253+
+    /// requires) … `READY=1`, whatever its result.
+    async fn reload(&mut self, why: &'static str) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[
+                NotifyState::Reloading,
+                now,
+                NotifyState::Status("reloading configuration"),
+            ]),
+            Err(e) => tracing::debug!(error = %e, "no monotonic clock for MONOTONIC_USEC"),
+        }
+        self.reload_config(why).await;
+        self.last_reload_at = now_rfc3339();
+        crate::metrics::global().config_loaded(self.reload_error.is_none());
+        notify(&[NotifyState::Ready]);
     }
 
     /// Load the config again (secrets are re-read); on success reconcile what changed, on
     /// failure keep running the last good config.
-    async fn reload(&mut self, why: &'static str) {
+    async fn reload_config(&mut self, why: &'static str) {
         tracing::info!(trigger = why, "reloading configuration");
         let new = match config::load(&self.config_path) {
             Ok(c) => c,
@@ -289,14 +468,22 @@ impl Daemon {
                     errors = errs.errors.len(),
                     "configuration invalid; still running the last good configuration"
                 );
-                self.reload_ok = false;
+                let first = errs
+                    .errors
+                    .first()
+                    .map(|e| e.to_string())
+                    .unwrap_or_default();
+                self.reload_error = Some(format!(
+                    "{} error(s); first: {}",
+                    errs.errors.len(),
+                    first.lines().next().unwrap_or_default()
+                ));
                 return;
             }
         };
         for w in &new.warnings {
             tracing::warn!("{w}");
         }
-        self.reload_ok = true;
         let diff = Diff::between(&self.cfg, &new);
         if new.agent.state_dir != self.cfg.agent.state_dir {
             tracing::warn!(
@@ -310,35 +497,70 @@ impl Daemon {
                 Ok(c) => self.client = c,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot set up the HBR client for the new config; keeping the last good configuration");
-                    self.reload_ok = false;
+                    self.reload_error = Some(format!("cannot set up the HBR client: {e}"));
                     return;
                 }
             }
         }
+        self.reload_error = None;
         let global = new.agent.cluster_id != self.cfg.agent.cluster_id
             || new.control_plane != self.cfg.control_plane
             || new.agent.register_on_probe_failure != self.cfg.agent.register_on_probe_failure;
         let mut agent = new.agent.clone();
         agent.state_dir = self.cfg.agent.state_dir.clone();
         self.cfg = Config { agent, ..new };
-        tracing::info!(
-            added = ?diff.added, changed = ?diff.changed, removed = ?diff.removed,
-            unchanged = diff.unchanged,
-            "configuration reloaded"
-        );
         if global {
             self.pass(None).await;
         } else if !diff.added.is_empty() || !diff.changed.is_empty() || !diff.removed.is_empty() {
             let only: BTreeSet<String> = diff.added.iter().chain(&diff.changed).cloned().collect();
             self.pass(Some(&only)).await;
         }
+        // The result, once: per source added / updated / removed from config / failed.
+        let failed = |n: &&String| {
+            self.last_results
+                .get(*n)
+                .is_some_and(|r| r.outcome.is_failure())
+        };
+        let (added, updated): (Vec<&String>, Vec<&String>) = (
+            diff.added.iter().filter(|n| !failed(n)).collect(),
+            diff.changed.iter().filter(|n| !failed(n)).collect(),
+        );
+        let failures: Vec<String> = diff
+            .added
+            .iter()
+            .chain(&diff.changed)
+            .filter(|n| failed(n))
+            .filter_map(|n| self.last_results.get(n))
+            .map(|r| format!("{}: {}", r.name, failure_word(r)))
+            .collect();
+        let msg = if self.pass_error.is_some() {
+            "configuration reloaded; HBR could not be read, retrying"
+        } else {
+            "configuration reloaded"
+        };
+        if failures.is_empty() {
+            tracing::info!(?added, ?updated, removed_from_config = ?diff.removed, unchanged = diff.unchanged, "{msg}");
+        } else {
+            tracing::warn!(?added, ?updated, removed_from_config = ?diff.removed, unchanged = diff.unchanged, failed = ?failures, "{msg}");
+        }
     }
 
     fn shutdown(self, why: &'static str) -> anyhow::Result<ExitCode> {
         notify(&[NotifyState::Stopping]);
         tracing::info!(signal = why, "stopping");
+        if let Some(p) = &self.socket {
+            let _ = std::fs::remove_file(p);
+        }
         self.store.save(&self.state)?;
         Ok(ExitCode::from(exit::OK))
+    }
+}
+
+/// The failure code of a probe failure, else the outcome ("failed", "conflict").
+fn failure_word(r: &SourceResult) -> String {
+    match r.probe.as_ref().and_then(|p| p.failure.as_ref()) {
+        Some(f) if r.outcome == reconcile::Outcome::ProbeFailed => f.code.to_string(),
+        _ => r.outcome.as_str().to_string(),
     }
 }
 

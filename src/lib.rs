@@ -3,9 +3,12 @@
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod desired;
 pub mod hbr;
+pub mod logging;
+pub mod metrics;
 pub mod probe;
 pub mod reconcile;
 pub mod secret;

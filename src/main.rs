@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser as _;
-use hbr_source_agent::cli::{self, Cli, LogFormat, exit};
+use hbr_source_agent::cli::{self, Cli, exit};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -34,18 +34,5 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(cli: &Cli) {
-    use tracing_subscriber::EnvFilter;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(cli.log_directive()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        // journald adds its own timestamps.
-        LogFormat::Text if std::env::var_os("JOURNAL_STREAM").is_some() => {
-            builder.without_time().with_ansi(false).init()
-        }
-        LogFormat::Text => builder.init(),
-    }
+    hbr_source_agent::logging::init(cli);
 }

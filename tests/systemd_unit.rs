@@ -68,3 +68,72 @@ fn unit_security_exposure_is_ok_or_better() {
     .unwrap_or_else(|| panic!("no rating label in {line:?}"));
     assert!(matches!(label, "PERFECT" | "SAFE" | "OK"), "{line}");
 }
+
+fn unit_text() -> String {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/systemd/hbr-source-agent.service"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn unit_has_the_operations_contract() {
+    let text = unit_text();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    for want in [
+        "Type=notify",
+        "WatchdogSec=2min",
+        "Restart=on-failure",
+        "User=hbr-source-agent",
+        "StateDirectory=hbr-source-agent",
+        "ConfigurationDirectory=hbr-source-agent",
+        "RuntimeDirectory=hbr-source-agent",
+        "ExecStartPre=/usr/bin/hbr-source-agent --config /etc/hbr-source-agent/agent.toml validate",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
+        assert!(lines.contains(&want), "{want} missing in the unit");
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("#LoadCredential=")),
+        "a LoadCredential example"
+    );
+}
+
+/// sysusers and tmpfiles, applied to a scratch root as the package's postinst does: the
+/// service user exists and the config is readable by its group only.
+#[test]
+fn sysusers_and_tmpfiles_apply_to_a_scratch_root() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
+    std::fs::create_dir_all(root.path().join("etc/hbr-source-agent/conf.d")).unwrap();
+    std::fs::write(root.path().join("etc/hbr-source-agent/agent.toml"), "").unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .arg(format!("--root={}", root.path().display()))
+            .output()
+            .unwrap_or_else(|e| panic!("{}: {e}", args[0]));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "systemd-sysusers",
+        &format!("{dir}/hbr-source-agent.sysusers"),
+    ]);
+    let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
+    assert!(group.contains("hbr-source-agent:"), "{group}");
+    run(&[
+        "systemd-tmpfiles",
+        "--create",
+        &format!("{dir}/hbr-source-agent.tmpfiles"),
+    ]);
+    use std::os::unix::fs::MetadataExt as _;
+    let mode = |p: &str| std::fs::metadata(root.path().join(p)).unwrap().mode() & 0o7777;
+    assert_eq!(mode("etc/hbr-source-agent"), 0o750);
+    assert_eq!(mode("etc/hbr-source-agent/agent.toml"), 0o640);
+    assert_eq!(mode("etc/hbr-source-agent/secrets"), 0o700);
+}

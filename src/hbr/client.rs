@@ -513,6 +513,11 @@ impl HbrClient {
         let transport = |e: reqwest::Error, may_have_been_sent: bool| {
             let builder = e.is_builder();
             let err = HbrError::transport(action, e);
+            let what = match &err {
+                HbrError::Transport { timeout: true, .. } => "Timeout",
+                _ => "Transport",
+            };
+            crate::metrics::global().hbr_request(action, what, started.elapsed());
             tracing::debug!(action, attempt, elapsed_ms = started.elapsed().as_millis() as u64, error = %err, "HBR attempt");
             if builder {
                 Outcome::Final(err)
@@ -560,6 +565,15 @@ impl HbrClient {
             Outcome::Done(_, rid) => (None, Some(rid.as_str())),
             Outcome::Retry { err, .. } | Outcome::Final(err) => (err.code(), err.request_id()),
         };
+        crate::metrics::global().hbr_request(
+            action,
+            match (&outcome, code) {
+                (Outcome::Done(..), _) => "200",
+                (_, Some(c)) => c,
+                (_, None) => "Decode",
+            },
+            started.elapsed(),
+        );
         tracing::debug!(
             action,
             attempt,
