@@ -13,6 +13,7 @@ APT_PACKAGES=(
   build-essential pkg-config  # C toolchain for -sys crates
   ca-certificates             # system trust store for the HBR client's TLS
   python3 python3-pip         # the SDK signature cross-check
+  python3-venv                # the S3 test server (moto) runs in its own venv
   util-linux                  # setpriv: tests drop root to check permission errors
   systemd                     # systemd-analyze for the unit checks
   libsmbclient-dev            # pavao (SMB probe) links libsmbclient; smbclient.pc for pavao-sys
