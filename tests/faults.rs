@@ -380,3 +380,178 @@ async fn two_applies_at_once_never_both_apply() {
     assert_eq!(requests_for(&s, "AddDataSource").len(), 1);
     assert_eq!(s.fake.data_sources().len(), 1);
 }
+
+// ---- endpoints that refuse, black-hole or answer garbage, for every protocol ----
+
+#[derive(Clone, Copy, Debug)]
+enum Misbehaviour {
+    /// Nothing listens: the connection is refused.
+    Refuse,
+    /// Accepts and never sends a byte.
+    BlackHole,
+    /// Accepts, sends bytes no protocol expects, then stays silent.
+    Garbage,
+}
+
+/// A loopback endpoint that misbehaves; lives as long as the returned guard.
+async fn misbehaving(kind: Misbehaviour) -> (u16, Option<tokio::task::JoinHandle<()>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    if let Misbehaviour::Refuse = kind {
+        drop(listener);
+        return (port, None);
+    }
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            if let Misbehaviour::Garbage = kind {
+                use tokio::io::AsyncWriteExt;
+                let noise: Vec<u8> = (0..97u32)
+                    .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                    .collect();
+                let _ = sock.write_all(&noise).await;
+            }
+            held.push(sock);
+        }
+    });
+    (port, Some(task))
+}
+
+/// A source of `kind` whose every endpoint is `port` on loopback.
+fn network_source(kind: &str, name: &str, port: u16) -> String {
+    match kind {
+        "nfs" => format!(
+            "[nas.{name}]\nprotocol = \"nfs\"\nservers = [\"127.0.0.1:{port}\"]\nshare_path = \"/export\"\nmount_options = \"mountport={port}\"\n"
+        ),
+        "smb" => format!(
+            "[nas.{name}]\nprotocol = \"smb\"\nservers = [\"127.0.0.1:{port}\"]\nshare_path = \"/share\"\nusername = \"u\"\npassword = \"p\"\n"
+        ),
+        "s3" => format!(
+            "[s3.{name}]\nendpoint = \"http://127.0.0.1:{port}\"\nbucket = \"backups\"\nregion = \"us-east-1\"\naccess_key_id = \"AKIDEXAMPLE\"\naccess_key_secret = \"secret\"\n"
+        ),
+        "hdfs" => format!(
+            "[hdfs.{name}]\nnamenodes = [\"127.0.0.1:{port}\"]\nuser = \"hdfs\"\npaths = [\"/data\"]\n"
+        ),
+        other => panic!("no such kind {other}"),
+    }
+}
+
+fn with_agent_settings(s: &Setup, settings: &str) {
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("probe_timeout = \"5s\"", settings);
+    std::fs::write(&s.config, text).unwrap();
+}
+
+#[tokio::test]
+async fn refusing_silent_and_garbage_endpoints_of_every_protocol_end_by_their_deadline() {
+    let data = mounted_dir();
+    let mut config = filesystem_source("good", data.path());
+    let mut guards = Vec::new();
+    let mut expected = Vec::new();
+    for kind in ["nfs", "smb", "s3", "hdfs"] {
+        for how in [
+            Misbehaviour::Refuse,
+            Misbehaviour::BlackHole,
+            Misbehaviour::Garbage,
+        ] {
+            let (port, guard) = misbehaving(how).await;
+            guards.push(guard);
+            let name = format!("{kind}-{how:?}").to_lowercase();
+            config += &network_source(kind, &name, port);
+            expected.push((name, how));
+        }
+    }
+    let s = Setup::new(&config).await;
+    with_agent_settings(&s, "probe_timeout = \"3s\"");
+    let t0 = Instant::now();
+    let r = s.run(&["apply", "--json"]).await;
+    let took = t0.elapsed();
+    assert_eq!(r.code, 1, "{r:?}");
+    // Twelve bad endpoints and one good source, probed 16 at a time: one deadline in all.
+    assert!(
+        took < Duration::from_secs(3) + Duration::from_millis(2500),
+        "took {took:?}: {r:?}"
+    );
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let sources = report["sources"].as_array().unwrap();
+    let get = |name: &str| {
+        sources
+            .iter()
+            .find(|x| x["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not reported: {}", r.stdout))
+    };
+    assert_eq!(get("good")["outcome"], "added");
+    for (name, how) in &expected {
+        let src = get(name);
+        assert_eq!(src["outcome"], "probe_failed", "{name}: {src}");
+        let code = src["probe"]["failure"]["code"].as_str().unwrap();
+        let secs = src["probe"]["duration"].as_f64().unwrap();
+        assert!(secs <= 3.3, "{name} took {secs}s: {src}");
+        match how {
+            Misbehaviour::Refuse => assert_eq!(code, "TCP_REFUSED", "{name}: {src}"),
+            // Silence is a timeout that names the step; garbage is a protocol error or, for a
+            // client that waits for more bytes, the same timeout. Never a pass, never a panic.
+            // (HDFS calls a port that accepts and never speaks RPC "not a NameNode".)
+            Misbehaviour::BlackHole => assert!(
+                code == "PROBE_TIMEOUT"
+                    || (name.starts_with("hdfs") && code == "HDFS_NOT_A_NAMENODE"),
+                "{name}: {src}"
+            ),
+            Misbehaviour::Garbage => assert_ne!(code, "PROBE_NOT_IMPLEMENTED", "{name}: {src}"),
+        }
+    }
+    assert_eq!(s.fake.data_sources().len(), 1, "only the good source");
+    drop(guards);
+}
+
+#[tokio::test]
+async fn fifty_hung_endpoints_do_not_delay_a_good_source_beyond_one_deadline() {
+    let data = mounted_dir();
+    // The good source sorts last, so it is queued behind every hung one.
+    let mut config = filesystem_source("zz-good", data.path());
+    let (port, _guard) = misbehaving(Misbehaviour::BlackHole).await;
+    let kinds = ["nfs", "smb", "s3", "hdfs"];
+    for i in 0..50 {
+        config += &network_source(kinds[i % 4], &format!("hung-{i:02}"), port);
+    }
+    let s = Setup::new(&config).await;
+    // Hung endpoints hold a probe slot for a whole deadline each: probe_concurrency must be
+    // above the number that may hang (docs/configuration.md). Probes are cheap: a socket each.
+    with_agent_settings(&s, "probe_timeout = \"4s\"\nprobe_concurrency = 64");
+    let t0 = Instant::now();
+    let mut child = s
+        .agent()
+        .arg("apply")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut registered_after = None;
+    while registered_after.is_none() {
+        if !s.fake.data_sources().is_empty() {
+            registered_after = Some(t0.elapsed());
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "never registered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let registered_after = registered_after.unwrap();
+    // Registered as soon as its own probe ended, long before the hung ones give up.
+    assert!(
+        registered_after < Duration::from_secs(2),
+        "registered after {registered_after:?}"
+    );
+    let status = child.wait().await.unwrap();
+    let took = t0.elapsed();
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        took < Duration::from_secs(4) + Duration::from_millis(2500),
+        "the pass ended within one deadline: {took:?}"
+    );
+    let ds = s.fake.data_sources();
+    assert_eq!(ds.len(), 1);
+    assert_eq!(ds[0].data_source_name, "zz-good");
+}
