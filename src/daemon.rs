@@ -26,8 +26,14 @@ use crate::state::{State, StateStore};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How far each `EXTEND_TIMEOUT_USEC` during the first pass pushes systemd's start timeout.
 const START_EXTENSION: Duration = Duration::from_secs(60);
-/// Config file events closer together than this are one reload.
-const DEBOUNCE: Duration = Duration::from_millis(500);
+/// The file watcher coalesces events this close together into one batch.
+const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A config change is applied once the files have been quiet this long: an editor's or config
+/// management's burst of writes is one reload of the final content, not one per write (each
+/// intermediate file would be probed and registered, then orphaned in HBR).
+const SETTLE_QUIET: Duration = Duration::from_millis(250);
+/// ...but no later than this after the first event, however long the writes go on.
+const SETTLE_MAX: Duration = Duration::from_secs(5);
 
 /// SIGTERM and SIGINT; SIGHUP is handled apart (it reloads).
 struct Signals {
@@ -215,12 +221,26 @@ pub async fn run(
 
     // A fixed point in time: neither watchdog pings nor reloads push the next pass back.
     let mut next_pass = tokio::time::Instant::now() + jittered(d.next_pass_in());
+    // A file change waiting for the files to settle: (reload when quiet until, at the latest).
+    let mut settling: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
     loop {
         let work = loop {
+            let settled = settling.map_or(next_pass, |(quiet, _)| quiet);
             tokio::select! {
                 why = signals.stop() => return d.shutdown(why),
-                _ = hup.recv() => break Work::Reload("SIGHUP"),
-                Some(()) = reload_rx.recv() => break Work::Reload("config file changed"),
+                _ = hup.recv() => {
+                    settling = None;
+                    break Work::Reload("SIGHUP");
+                }
+                Some(()) = reload_rx.recv() => {
+                    let now = tokio::time::Instant::now();
+                    let latest = settling.map_or(now + SETTLE_MAX, |(_, latest)| latest);
+                    settling = Some(((now + SETTLE_QUIET).min(latest), latest));
+                }
+                _ = tokio::time::sleep_until(settled), if settling.is_some() => {
+                    settling = None;
+                    break Work::Reload("config file changed");
+                }
                 _ = tokio::time::sleep_until(next_pass) => break Work::Pass,
                 () = d.watchdog.due() => Watchdog::ping(),
             }

@@ -555,3 +555,118 @@ async fn fifty_hung_endpoints_do_not_delay_a_good_source_beyond_one_deadline() {
     assert_eq!(ds.len(), 1);
     assert_eq!(ds[0].data_source_name, "zz-good");
 }
+
+// ---- the config directory changes in a burst ----
+
+#[tokio::test]
+async fn a_burst_of_config_changes_is_one_reload_of_the_final_content() {
+    let first = mounted_dir();
+    let data = mounted_dir();
+    let s = Setup::new(&filesystem_source("first", first.path())).await;
+    let log_path = s.dir.path().join("agent.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = s
+        .agent()
+        .args(["--log-format", "json", "run"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let reloads = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("reloading configuration"))
+            .count()
+    };
+    let t0 = Instant::now();
+    while s.fake.data_sources().len() != 1 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "first pass");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let conf_d = s.dir.path().join("conf.d");
+    std::fs::create_dir(&conf_d).unwrap();
+    // Let the watcher settle on the new directory (its creation is one reload).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = reloads();
+
+    let frag = conf_d.join("20-burst.toml");
+    let source = |i: usize| filesystem_source(&format!("burst-{i:03}"), data.path());
+    // 100 plain writes in about a second,
+    let mut last = Instant::now();
+    let mut longest_gap = Duration::ZERO;
+    for i in 0..100 {
+        std::fs::write(&frag, source(i)).unwrap();
+        longest_gap = longest_gap.max(last.elapsed());
+        last = Instant::now();
+        tokio::time::sleep(Duration::from_millis(8)).await;
+    }
+    // an editor's rename-replace (vim: move the old file aside, write the new one),
+    std::fs::rename(&frag, conf_d.join("20-burst.toml~")).unwrap();
+    std::fs::write(&frag, source(100)).unwrap();
+    std::fs::remove_file(conf_d.join("20-burst.toml~")).unwrap();
+    // config management's write-temporary-then-rename,
+    let tmp = conf_d.join(".20-burst.toml.tmp");
+    std::fs::write(&tmp, source(101)).unwrap();
+    std::fs::rename(&tmp, &frag).unwrap();
+    // and a file deleted and recreated with the final content.
+    std::fs::remove_file(&frag).unwrap();
+    std::fs::write(&frag, source(102)).unwrap();
+
+    let t0 = Instant::now();
+    while !s
+        .fake
+        .data_sources()
+        .iter()
+        .any(|d| d.data_source_name == "burst-102")
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the final content was never applied: {}",
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Quiet for longer than the debounce: no further reload comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let burst_reloads = reloads() - before;
+    let mut names: Vec<String> = s
+        .fake
+        .data_sources()
+        .into_iter()
+        .map(|d| d.data_source_name)
+        .collect();
+    names.sort();
+    signal_term(&child);
+    let status = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        names,
+        ["burst-102", "first"],
+        "the final content, and nothing of the intermediate ones"
+    );
+    if longest_gap > Duration::from_millis(200) {
+        // The writer itself stalled longer than the agent's quiet window (an overloaded
+        // machine): that was two bursts, not one. The final content still had to win.
+        eprintln!("writer stalled {longest_gap:?}; not counting reloads");
+        return;
+    }
+    assert_eq!(
+        burst_reloads,
+        1,
+        "one reload for the whole burst:\n{}",
+        std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("reload"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn signal_term(child: &tokio::process::Child) {
+    let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+}
