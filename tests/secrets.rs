@@ -3,6 +3,8 @@
 //! everything it printed or wrote is searched for them.
 
 mod common;
+#[path = "support/smb.rs"]
+mod smb;
 
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
@@ -16,12 +18,13 @@ const SMB_PASSWORD: &str = "S3CR3T-smb-password-0002";
 const S3_SECRET: &str = "S3CR3T-s3-access-secret-0003";
 const S3_KEY_ID: &str = "AKIAS3SECRETMARKER0004";
 const LITERAL_PASSWORD: &str = "S3CR3T-literal-password-0005";
-const SECRETS: [&str; 5] = [
+const SECRETS: [&str; 6] = [
     CP_SECRET,
     SMB_PASSWORD,
     S3_SECRET,
     S3_KEY_ID,
     LITERAL_PASSWORD,
+    smb::PASSWORD,
 ];
 
 #[tokio::test]
@@ -40,6 +43,12 @@ async fn no_command_leaks_a_secret() {
     let pw_file = dir.path().join("smb-password");
     std::fs::write(&pw_file, SMB_PASSWORD).unwrap();
     std::fs::set_permissions(&pw_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    // A real smbd, so the SMB password goes all the way to the session (through the probe's
+    // child process) and the probe passes.
+    smb::servers();
+    let real_pw_file = dir.path().join("real-smb-password");
+    std::fs::write(&real_pw_file, smb::PASSWORD).unwrap();
+    std::fs::set_permissions(&real_pw_file, std::fs::Permissions::from_mode(0o600)).unwrap();
     let data = mounted_dir();
     let state_dir = dir.path().join("state");
     let config = dir.path().join("agent.toml");
@@ -70,6 +79,13 @@ share_path = "/finance"
 username = "backup"
 password = {{ file = "{pw}" }}
 
+[nas.real]
+protocol = "smb"
+servers = ["127.0.0.1:{smb_port}"]
+share_path = "/share"
+username = "{smb_user}"
+password = {{ file = "{real_pw}" }}
+
 [nas.hr]
 protocol = "smb"
 servers = ["127.0.0.1:2"]
@@ -87,6 +103,9 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
             endpoint = fake.endpoint(),
             data = data.path().display(),
             pw = pw_file.display(),
+            smb_port = smb::STRICT_PORT,
+            smb_user = smb::USER,
+            real_pw = real_pw_file.display(),
         ),
     )
     .unwrap();
@@ -141,13 +160,54 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
         "the rotation is detected: {seen}"
     );
 
-    // The daemon, briefly.
-    let child = agent(&["run"])
-        .stderr(std::process::Stdio::piped())
+    // The daemon, with its runtime socket and journald-style logging, at trace level.
+    let runtime = dir.path().join("run");
+    std::fs::create_dir(&runtime).unwrap(); // systemd's RuntimeDirectory=
+    let log_path = dir.path().join("daemon.log");
+    let log_file = std::fs::File::create(&log_path).unwrap();
+    let journal = {
+        use std::os::unix::fs::MetadataExt;
+        let m = log_file.metadata().unwrap();
+        format!("{}:{}", m.dev(), m.ino())
+    };
+    let mut child = agent(&["run", "--runtime-dir"])
+        .arg(&runtime)
+        .env("JOURNAL_STREAM", journal)
+        .stderr(log_file)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sock = runtime.join("agent.sock");
+    let t0 = std::time::Instant::now();
+    let metrics = loop {
+        if let Ok(text) = hbr_source_agent::control::get(&sock, "/metrics")
+            && text.contains("source_in_sync")
+        {
+            break text;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no metrics: {:?} {:?}\n{}",
+            hbr_source_agent::control::get(&sock, "/metrics").map_err(|e| e.to_string()),
+            child.try_wait(),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    seen.push_str(&metrics);
+    seen.push_str(&hbr_source_agent::control::get(&sock, "/status").unwrap());
+    for args in [
+        &["status", "--runtime-dir"][..],
+        &["status", "--json", "--runtime-dir"],
+    ] {
+        let r = Run::from(agent(args).arg(&runtime).output().await.unwrap());
+        assert_eq!(r.code, 0, "{r:?}");
+        seen.push_str(&format!("{args:?}\n{}\n{}\n", r.stdout, r.stderr));
+    }
+    assert!(
+        seen.contains("probe_success"),
+        "metrics were read: {metrics}"
+    );
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     let out = tokio::time::timeout(Duration::from_secs(15), child.wait_with_output())
@@ -155,7 +215,12 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
         .unwrap()
         .unwrap();
     seen.push_str(&String::from_utf8_lossy(&out.stdout));
-    seen.push_str(&String::from_utf8_lossy(&out.stderr));
+    let daemon_log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        daemon_log.starts_with('<'),
+        "journald priority prefixes: {daemon_log}"
+    );
+    seen.push_str(&daemon_log);
 
     for entry in std::fs::read_dir(&state_dir).unwrap() {
         let path = entry.unwrap().path();
@@ -184,6 +249,9 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
     };
     assert!(cred("finance").contains(&format!("{SMB_PASSWORD}-rotated")));
     assert!(cred("hr").contains(LITERAL_PASSWORD));
+    // The real SMB source passed its probe (the password reached smbd) and was registered.
+    assert!(cred("real").contains(smb::PASSWORD));
+    assert!(seen.contains("smb_dialect"), "the real SMB session was set up");
     assert!(cred("archive").contains(S3_SECRET) && cred("archive").contains(S3_KEY_ID));
     for r in fake.requests() {
         for (k, v) in &r.query {
