@@ -24,15 +24,6 @@ fn failure_code(report: &Value) -> &str {
     report["failure"]["code"].as_str().unwrap_or("")
 }
 
-fn warning_codes(report: &Value) -> Vec<String> {
-    report["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["code"].as_str().unwrap().to_owned())
-        .collect()
-}
-
 #[tokio::test]
 async fn good_path_passes_and_apply_registers_the_exact_request() {
     server().await;
@@ -47,12 +38,7 @@ async fn good_path_passes_and_apply_registers_the_exact_request() {
     assert_eq!(report["facts"]["datanode"], DATANODE, "{r:?}");
     assert_eq!(report["facts"]["safe_mode"], "off", "{r:?}");
     assert!(warning_codes(&report).is_empty(), "{r:?}");
-    let layers: Vec<&str> = report["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["layer"].as_str().unwrap())
-        .collect();
+    let layers = layer_names(&report);
     assert_eq!(
         layers,
         ["resolve", "connect", "handshake", "auth", "access"],

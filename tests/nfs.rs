@@ -71,12 +71,7 @@ async fn a_good_export_passes_and_apply_registers_the_exact_connection_info() {
     let (r, reports) = probe_json(&s).await;
     assert_eq!(r.code, 0, "{r:?}");
     let rep = report(&reports, "MyLocalNas");
-    let layers: Vec<&str> = rep["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["layer"].as_str().unwrap())
-        .collect();
+    let layers = layer_names(rep);
     assert_eq!(
         layers,
         ["resolve", "connect", "handshake", "auth", "access"]

@@ -51,12 +51,7 @@ async fn a_good_key_passes_and_apply_registers_the_exact_request() {
     let r = &reports["archive"];
     assert_eq!(r["failure"], Value::Null, "{run:?}");
     assert_eq!(r["warnings"], json!([]), "{run:?}");
-    let layers: Vec<&str> = r["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["layer"].as_str().unwrap())
-        .collect();
+    let layers = layer_names(r);
     assert_eq!(
         layers,
         ["resolve", "connect", "handshake", "auth", "access"],

@@ -251,7 +251,10 @@ access_key_secret = {{ env = "ARCHIVE_S3_SECRET" }}
     assert!(cred("hr").contains(LITERAL_PASSWORD));
     // The real SMB source passed its probe (the password reached smbd) and was registered.
     assert!(cred("real").contains(smb::PASSWORD));
-    assert!(seen.contains("smb_dialect"), "the real SMB session was set up");
+    assert!(
+        seen.contains("smb_dialect"),
+        "the real SMB session was set up"
+    );
     assert!(cred("archive").contains(S3_SECRET) && cred("archive").contains(S3_KEY_ID));
     for r in fake.requests() {
         for (k, v) in &r.query {

@@ -56,12 +56,7 @@ async fn right_credentials_pass_and_apply_registers_the_exact_request() {
     let (r, reports) = probe(&s).await;
     assert_eq!(r.code, 0, "{r:?}");
     let rep = &reports["finance"];
-    let layers: Vec<&str> = rep["layers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["layer"].as_str().unwrap())
-        .collect();
+    let layers = layer_names(rep);
     assert_eq!(
         layers,
         ["resolve", "connect", "handshake", "auth", "access"]

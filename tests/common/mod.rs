@@ -159,3 +159,27 @@ pub fn mounted_dir() -> tempfile::TempDir {
 pub fn filesystem_source(name: &str, path: &Path) -> String {
     format!("[filesystem.{name}]\npath = \"{}\"\n", path.display())
 }
+
+/// The layers a `probe --json` report ran, in order.
+pub fn layer_names(report: &serde_json::Value) -> Vec<String> {
+    report["layers"]
+        .as_array()
+        .map(|ls| {
+            ls.iter()
+                .map(|l| l["layer"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The warning codes of a `probe --json` report.
+pub fn warning_codes(report: &serde_json::Value) -> Vec<String> {
+    report["warnings"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w["code"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
