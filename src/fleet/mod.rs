@@ -1,0 +1,287 @@
+//! Fleet mode (`[fleet]`, docs/fleet.md): many hosts of one client group run the same config;
+//! every host probes every source, and exactly one of them — the owner — adds or updates it.
+//!
+//! The members are HBR's own: the group's `LOCAL_CLIENT` backup clients from
+//! `DescribeBackupClients`, live when `ACTIVATED` with a recent heartbeat. The owner of a source
+//! is the live member with the highest rendezvous score for its name, so every host that sees
+//! the same membership picks the same owner without talking to the others, and a change of
+//! membership moves only the sources of the member that came or went. With
+//! `coordination = "etcd"` the owner must also hold the source's lock key in etcd
+//! (`etcd.rs`) before it writes, which holds even while two hosts disagree on membership.
+//!
+//! This module decides who may write; it never writes to HBR itself and never deletes.
+
+pub mod etcd;
+pub mod sim;
+
+use std::collections::BTreeSet;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{ClientIdentity, FleetSettings};
+use crate::hbr::client::BackupClient;
+
+/// The status of a backup client that is running and registered.
+pub const LIVE_STATUS: &str = "ACTIVATED";
+
+/// A ClientId as HBR writes it: `c-` and lowercase letters and digits.
+pub fn check_client_id(s: &str) -> Result<(), String> {
+    match s.strip_prefix("c-") {
+        Some(rest)
+            if !rest.is_empty()
+                && rest
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) =>
+        {
+            Ok(())
+        }
+        _ => Err(format!(
+            "{s:?} is not a backup client id (c- followed by lowercase letters and digits)"
+        )),
+    }
+}
+
+/// The rendezvous (highest random weight) score of `member` for `source`: the first 8 bytes of
+/// SHA-256 over both. Stable across hosts, versions and platforms, which is all it must be.
+pub fn score(member: &str, source: &str) -> u64 {
+    let mut h = Sha256::new();
+    h.update(member.as_bytes());
+    h.update([0u8]);
+    h.update(source.as_bytes());
+    let d = h.finalize();
+    u64::from_be_bytes(d[..8].try_into().expect("SHA-256 has 32 bytes"))
+}
+
+/// The owner of `source` among `members`: the highest score, ties by the smaller id.
+pub fn owner<'a, S: AsRef<str>>(members: &'a [S], source: &str) -> Option<&'a str> {
+    members
+        .iter()
+        .map(AsRef::as_ref)
+        .max_by(|a, b| score(a, source).cmp(&score(b, source)).then(b.cmp(a)))
+}
+
+/// The live members, sorted: `ACTIVATED` and a heartbeat at most `timeout` before `now`
+/// (UNIX seconds). A client with no heartbeat time is not live.
+pub fn live_members(
+    clients: &[BackupClient],
+    now: i64,
+    timeout: std::time::Duration,
+) -> Vec<String> {
+    let timeout = i64::try_from(timeout.as_secs()).unwrap_or(i64::MAX);
+    let mut live: Vec<String> = clients
+        .iter()
+        .filter(|c| c.status == LIVE_STATUS)
+        .filter(|c| {
+            c.last_heart_beat_time
+                .is_some_and(|t| now.saturating_sub(t) <= timeout)
+        })
+        .map(|c| c.client_id.clone())
+        .collect();
+    live.sort();
+    live.dedup();
+    live
+}
+
+/// Who may write which source in this pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ownership {
+    /// No `[fleet]`: this host owns everything.
+    All,
+    Fleet {
+        me: String,
+        live: Vec<String>,
+        /// Strict mode: the sources whose etcd lock this host holds for the pass; an owned
+        /// source whose lock is held by another member maps to that member.
+        locks: Option<Locks>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Locks {
+    pub held: BTreeSet<String>,
+    /// Source → the member holding its lock (or why it could not be taken).
+    pub refused: std::collections::BTreeMap<String, String>,
+    /// False once the lease is lost: nothing more may be written.
+    pub alive: Option<etcd::LeaseAlive>,
+}
+
+impl Ownership {
+    /// `Ok(())` when this host may add or update `source`; otherwise why not, for the report.
+    pub fn may_write(&self, source: &str) -> Result<(), String> {
+        let Ownership::Fleet { me, live, locks } = self else {
+            return Ok(());
+        };
+        if !live.iter().any(|m| m == me) {
+            return Err(format!(
+                "this host ({me}) is not a live member of the client group in HBR (not \
+                 ACTIVATED or no recent heartbeat), so it writes nothing; live: {}",
+                if live.is_empty() {
+                    "none".to_string()
+                } else {
+                    live.join(", ")
+                }
+            ));
+        }
+        match owner(live, source) {
+            Some(o) if o == me => {}
+            Some(o) => return Err(format!("owned by {o}")),
+            None => return Err("no live member".into()),
+        }
+        match locks {
+            None => Ok(()),
+            Some(l) if l.alive.as_ref().is_some_and(|a| !a.get()) => {
+                Err("the etcd lease was lost during the pass; the next pass retries".into())
+            }
+            Some(l) if l.held.contains(source) => Ok(()),
+            Some(l) => Err(l.refused.get(source).cloned().map_or_else(
+                || "its etcd lock is not held".to_string(),
+                |why| format!("owned here, but its etcd lock is held by {why}"),
+            )),
+        }
+    }
+
+    /// The sources among `names` this host owns by hashing (before any lock).
+    pub fn owned<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+        match self {
+            Ownership::All => names.into_iter().map(str::to_string).collect(),
+            Ownership::Fleet { me, live, .. } => names
+                .into_iter()
+                .filter(|n| live.iter().any(|m| m == me) && owner(live, n) == Some(me.as_str()))
+                .map(str::to_string)
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("cannot read this host's client id from {path}: {message}")]
+    Identity { path: String, message: String },
+    #[error("cannot read the members of {cluster_id} (DescribeBackupClients): {message}")]
+    Members { cluster_id: String, message: String },
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// This host's ClientId: the configured one, or the first line of `client_id_file`.
+pub fn identity(settings: &FleetSettings) -> Result<String, FleetError> {
+    match &settings.identity {
+        ClientIdentity::Literal(id) => Ok(id.clone()),
+        ClientIdentity::File(path) => {
+            let err = |message: String| FleetError::Identity {
+                path: path.display().to_string(),
+                message,
+            };
+            let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+            let id = text.lines().next().unwrap_or("").trim().to_string();
+            check_client_id(&id).map_err(err)?;
+            Ok(id)
+        }
+    }
+}
+
+/// Ownership from HBR's membership as seen now.
+pub fn from_members(
+    settings: &FleetSettings,
+    me: String,
+    clients: &[BackupClient],
+    now: i64,
+) -> Ownership {
+    Ownership::Fleet {
+        me,
+        live: live_members(clients, now, settings.heartbeat_timeout),
+        locks: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn client(id: &str, status: &str, hb: Option<i64>) -> BackupClient {
+        BackupClient {
+            client_id: id.into(),
+            status: status.into(),
+            last_heart_beat_time: hb,
+            hostname: String::new(),
+        }
+    }
+
+    #[test]
+    fn live_needs_activated_and_a_recent_heartbeat() {
+        let now = 1_000_000;
+        let clients = [
+            client("c-b", "ACTIVATED", Some(now - 60)),
+            client("c-a", "ACTIVATED", Some(now - 600)),
+            client("c-old", "ACTIVATED", Some(now - 601)),
+            client("c-stopped", "STOPPED", Some(now)),
+            client("c-unknown", "UNKNOWN", Some(now)),
+            client("c-never", "ACTIVATED", None),
+        ];
+        assert_eq!(
+            live_members(&clients, now, Duration::from_secs(600)),
+            ["c-a", "c-b"]
+        );
+    }
+
+    #[test]
+    fn owner_is_stable_and_moves_only_from_the_member_that_left() {
+        let three = ["c-a", "c-b", "c-c"];
+        let two = ["c-a", "c-c"];
+        let mut moved = 0;
+        let mut per = std::collections::BTreeMap::new();
+        for i in 0..3000 {
+            let s = format!("source-{i}");
+            let before = owner(&three, &s).unwrap();
+            let after = owner(&two, &s).unwrap();
+            *per.entry(before).or_insert(0) += 1;
+            if before != "c-b" {
+                assert_eq!(before, after, "{s} moved though its owner stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        // Roughly a third each (SHA-256 spreads evenly).
+        for (m, n) in &per {
+            assert!((800..1200).contains(n), "{m} owns {n} of 3000");
+        }
+        assert_eq!(moved, per["c-b"]);
+        // Order of the member list does not matter.
+        assert_eq!(owner(&["c-c", "c-a", "c-b"], "x"), owner(&three, "x"));
+    }
+
+    #[test]
+    fn may_write_says_who_owns_it() {
+        let o = Ownership::Fleet {
+            me: "c-a".into(),
+            live: vec!["c-a".into(), "c-b".into()],
+            locks: None,
+        };
+        let name = (0..100)
+            .map(|i| format!("s{i}"))
+            .find(|s| owner(&["c-a", "c-b"], s) == Some("c-b"))
+            .unwrap();
+        assert_eq!(o.may_write(&name), Err("owned by c-b".to_string()));
+        let not_member = Ownership::Fleet {
+            me: "c-z".into(),
+            live: vec!["c-a".into()],
+            locks: None,
+        };
+        assert!(
+            not_member
+                .may_write("x")
+                .unwrap_err()
+                .contains("not a live member")
+        );
+        assert_eq!(Ownership::All.may_write("x"), Ok(()));
+    }
+
+    #[test]
+    fn client_ids() {
+        assert!(check_client_id("c-000abc123").is_ok());
+        for bad in ["", "c-", "cl-abc", "c-ABC", "c-a b"] {
+            assert!(check_client_id(bad).is_err(), "{bad}");
+        }
+    }
+}
