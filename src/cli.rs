@@ -361,6 +361,7 @@ fn outcome_mark(o: Outcome) -> &'static str {
         Outcome::InSync => "=",
         Outcome::Orphaned => "?",
         Outcome::OtherOwner => "-",
+        Outcome::Deferred => ".",
         Outcome::ProbeFailed | Outcome::Conflict | Outcome::Failed => "!",
     }
 }

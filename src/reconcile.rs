@@ -82,6 +82,9 @@ pub enum Outcome {
     Failed,
     /// Fleet mode: probed here, written by another member (the detail names it).
     OtherOwner,
+    /// Fleet mode: owned here only since the membership changed; added on a later pass if
+    /// that holds (so two hosts reading membership around a change never both add).
+    Deferred,
 }
 
 impl Outcome {
@@ -97,6 +100,7 @@ impl Outcome {
             Outcome::Conflict => "conflict",
             Outcome::Failed => "failed",
             Outcome::OtherOwner => "other_owner",
+            Outcome::Deferred => "deferred",
         }
     }
 
@@ -154,7 +158,12 @@ impl PassReport {
         let desired: Vec<&SourceResult> = self
             .sources
             .iter()
-            .filter(|s| !matches!(s.outcome, Outcome::Orphaned | Outcome::OtherOwner))
+            .filter(|s| {
+                !matches!(
+                    s.outcome,
+                    Outcome::Orphaned | Outcome::OtherOwner | Outcome::Deferred
+                )
+            })
             .collect();
         let others = self
             .sources
@@ -275,7 +284,7 @@ pub async fn run_pass<R: Registry>(
         let describe = async {
             tokio::join!(
                 registry.describe(&cluster_id),
-                fleet_view(cfg, registry, &cluster_id)
+                fleet_view(cfg, registry, &cluster_id, mode)
             )
         };
         tokio::pin!(describe);
@@ -292,6 +301,18 @@ pub async fn run_pass<R: Registry>(
         message: e.to_string(),
     })?;
     let (ownership, lease) = take_locks(cfg, mode, ownership?, &wanted).await?;
+    // Strict mode: look again now that the locks are held, so that an add by the previous
+    // holder, landed after the first describe, is seen before this host adds.
+    let remote = match &lease {
+        Some(_) => registry
+            .describe(&cluster_id)
+            .await
+            .map_err(|e| PassError::Describe {
+                cluster_id: cluster_id.clone(),
+                message: e.to_string(),
+            })?,
+        None => remote,
+    };
     if state.cluster_id != cluster_id {
         if !state.cluster_id.is_empty() {
             tracing::warn!(
@@ -496,6 +517,11 @@ async fn reconcile_source<R: Registry>(
     };
 
     let Some(target) = target else {
+        if let Err(why) = ownership.may_add(&source.name) {
+            result.outcome = Outcome::Deferred;
+            result.detail = why;
+            return finish(entry, result);
+        }
         let readd = entry.data_source_id.is_some();
         if mode == Mode::Plan {
             result.outcome = Outcome::Add;
@@ -622,19 +648,60 @@ async fn fleet_view<R: Registry>(
     cfg: &Config,
     registry: &R,
     cluster_id: &str,
+    mode: Mode,
 ) -> Result<crate::fleet::Ownership, crate::fleet::FleetError> {
     let Some(settings) = &cfg.fleet else {
         return Ok(crate::fleet::Ownership::All);
     };
     let me = crate::fleet::identity(settings)?;
-    let clients = registry.backup_clients(cluster_id).await.map_err(|e| {
-        crate::fleet::FleetError::Members {
-            cluster_id: cluster_id.to_string(),
-            message: e.to_string(),
+    let settle = settings
+        .settle_time
+        .unwrap_or(cfg.agent.probe_timeout + 3 * cfg.control_plane.timeout);
+    let read = || async {
+        let clients = registry.backup_clients(cluster_id).await.map_err(|e| {
+            crate::fleet::FleetError::Members {
+                cluster_id: cluster_id.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok::<_, crate::fleet::FleetError>(crate::fleet::View {
+            at: now,
+            live: crate::fleet::live_members(&clients, now, settings.heartbeat_timeout),
+        })
+    };
+    let view_file = (mode == Mode::Apply).then(|| cfg.agent.state_dir.join("fleet-view.json"));
+    let current = read().await?;
+    let previous = match crate::fleet::trusted_previous(
+        settings,
+        settle,
+        view_file.as_deref(),
+        &current,
+    ) {
+        Some(p) => p,
+        // Plan never waits: it shows what the next apply would do at best.
+        None if mode == Mode::Plan => current.clone(),
+        None => {
+            // No earlier view to trust (a first pass, or back after a long stop): read again
+            // after the settle time, so that an add by a host that read just before a change
+            // has landed before this one decides.
+            tracing::info!(settle = ?settle, "fleet: no recent membership view; reading it again after the settle time");
+            tokio::time::sleep(settle).await;
+            let again = read().await?;
+            return Ok(crate::fleet::ownership(
+                me,
+                current,
+                again,
+                view_file.as_deref(),
+            ));
         }
-    })?;
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    Ok(crate::fleet::from_members(settings, me, &clients, now))
+    };
+    Ok(crate::fleet::ownership(
+        me,
+        previous,
+        current,
+        view_file.as_deref(),
+    ))
 }
 
 /// Strict mode, apply only: the etcd lock of every source this host owns by hashing.
@@ -645,8 +712,13 @@ async fn take_locks(
     wanted: &[&Source],
 ) -> Result<(crate::fleet::Ownership, Option<crate::fleet::etcd::Lease>), PassError> {
     let etcd = cfg.fleet.as_ref().and_then(|f| f.etcd.as_ref());
-    let (Some(etcd), Mode::Apply, crate::fleet::Ownership::Fleet { me, live, .. }) =
-        (etcd, mode, &ownership)
+    let (
+        Some(etcd),
+        Mode::Apply,
+        crate::fleet::Ownership::Fleet {
+            me, live, previous, ..
+        },
+    ) = (etcd, mode, &ownership)
     else {
         return Ok((ownership, None));
     };
@@ -657,6 +729,7 @@ async fn take_locks(
     let ownership = crate::fleet::Ownership::Fleet {
         me: me.clone(),
         live: live.clone(),
+        previous: previous.clone(),
         locks: Some(locks),
     };
     Ok((ownership, Some(lease)))

@@ -70,6 +70,7 @@ struct MergedFleet {
     client_id: Option<At<String>>,
     client_id_file: Option<At<String>>,
     heartbeat_timeout: Option<At<String>>,
+    settle_time: Option<At<String>>,
     coordination: Option<At<String>>,
     etcd_endpoints: Option<At<Vec<Spanned<String>>>>,
     etcd_lease_ttl: Option<At<String>>,
@@ -314,6 +315,7 @@ impl<'e> Loader<'e> {
         over(&mut f.client_id, file, r.client_id);
         over(&mut f.client_id_file, file, r.client_id_file);
         over(&mut f.heartbeat_timeout, file, r.heartbeat_timeout);
+        over(&mut f.settle_time, file, r.settle_time);
         over(&mut f.coordination, file, r.coordination);
         over(&mut f.etcd_endpoints, file, r.etcd_endpoints);
         over(&mut f.etcd_lease_ttl, file, r.etcd_lease_ttl);
@@ -648,6 +650,9 @@ impl<'e> Loader<'e> {
             defaults::FLEET_HEARTBEAT_TIMEOUT,
             |s| check::duration(s),
         );
+        let settle_time = sc.opt_at(&f.settle_time, "settle_time", None, |s| {
+            check::duration(s).map(Some)
+        });
         let strict = sc.opt_at(&f.coordination, "coordination", false, |s| {
             match s.as_str() {
                 "hbr" => Ok(false),
@@ -739,6 +744,7 @@ impl<'e> Loader<'e> {
         Some(FleetSettings {
             identity: identity?,
             heartbeat_timeout: heartbeat_timeout?,
+            settle_time: settle_time?,
             etcd,
         })
     }

@@ -58,6 +58,9 @@ pub struct FleetSettings {
     pub identity: ClientIdentity,
     /// A member whose last heartbeat is older than this is not live.
     pub heartbeat_timeout: Duration,
+    /// An add needs ownership in a view at least this old; `None` = `probe_timeout` plus
+    /// three API timeouts (longer than a pass takes from describe to add).
+    pub settle_time: Option<Duration>,
     /// `coordination = "etcd"`: a per-source lock in etcd on top of the hashing.
     pub etcd: Option<EtcdSettings>,
 }

@@ -32,6 +32,7 @@ pub(super) struct RawFleet {
     pub client_id: S<String>,
     pub client_id_file: S<String>,
     pub heartbeat_timeout: S<String>,
+    pub settle_time: S<String>,
     pub coordination: S<String>,
     pub etcd_endpoints: StrList,
     pub etcd_lease_ttl: S<String>,

@@ -90,6 +90,8 @@ pub enum Ownership {
     Fleet {
         me: String,
         live: Vec<String>,
+        /// A view at least `settle_time` older: adds need ownership in both.
+        previous: Vec<String>,
         /// Strict mode: the sources whose etcd lock this host holds for the pass; an owned
         /// source whose lock is held by another member maps to that member.
         locks: Option<Locks>,
@@ -108,7 +110,10 @@ pub struct Locks {
 impl Ownership {
     /// `Ok(())` when this host may add or update `source`; otherwise why not, for the report.
     pub fn may_write(&self, source: &str) -> Result<(), String> {
-        let Ownership::Fleet { me, live, locks } = self else {
+        let Ownership::Fleet {
+            me, live, locks, ..
+        } = self
+        else {
             return Ok(());
         };
         if !live.iter().any(|m| m == me) {
@@ -137,6 +142,24 @@ impl Ownership {
                 || "its etcd lock is not held".to_string(),
                 |why| format!("owned here, but its etcd lock is held by {why}"),
             )),
+        }
+    }
+
+    /// `Ok(())` when this host may add `source` (not in HBR yet): it may write it, and it
+    /// owned it in the earlier view too.
+    pub fn may_add(&self, source: &str) -> Result<(), String> {
+        self.may_write(source)?;
+        match self {
+            Ownership::Fleet { me, previous, .. }
+                if owner(previous, source) != Some(me.as_str()) =>
+            {
+                Err(format!(
+                    "owned here only since the membership changed (before: {}); added on a \
+                     later pass if that holds",
+                    owner(previous, source).unwrap_or("no live member")
+                ))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -180,16 +203,67 @@ pub fn identity(settings: &FleetSettings) -> Result<String, FleetError> {
     }
 }
 
-/// Ownership from HBR's membership as seen now.
-pub fn from_members(
+/// The live members as read at `at` (UNIX seconds).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct View {
+    pub at: i64,
+    pub live: Vec<String>,
+}
+
+/// Views read by this process, oldest first (the daemon trusts any of them: it has been
+/// running, so HBR cannot have dropped and re-added it unnoticed).
+static HISTORY: std::sync::Mutex<Vec<View>> = std::sync::Mutex::new(Vec::new());
+
+/// The newest earlier view at least `settle` older than `current` that may be trusted: one
+/// read by this process, or one saved in `file` no older than the heartbeat timeout (a
+/// process that was down longer may have been dropped from HBR's membership meanwhile).
+pub fn trusted_previous(
     settings: &FleetSettings,
+    settle: std::time::Duration,
+    file: Option<&std::path::Path>,
+    current: &View,
+) -> Option<View> {
+    let settle = i64::try_from(settle.as_secs()).unwrap_or(i64::MAX).max(1);
+    let old_enough = |v: &View| current.at - v.at >= settle;
+    let history = HISTORY.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(v) = history.iter().rev().find(|v| old_enough(v)) {
+        return Some(v.clone());
+    }
+    let saved: View = serde_json::from_slice(&std::fs::read(file?).ok()?).ok()?;
+    let max_age = i64::try_from(settings.heartbeat_timeout.as_secs()).unwrap_or(i64::MAX);
+    (old_enough(&saved) && current.at - saved.at <= max_age).then_some(saved)
+}
+
+/// Ownership from an earlier and the current view; remembers the current one (in this
+/// process, and in `file` when given: apply mode).
+pub fn ownership(
     me: String,
-    clients: &[BackupClient],
-    now: i64,
+    previous: View,
+    current: View,
+    file: Option<&std::path::Path>,
 ) -> Ownership {
+    {
+        let mut history = HISTORY.lock().unwrap_or_else(|e| e.into_inner());
+        history.push(current.clone());
+        // Keep the newest view older than `previous` no more: it is never needed again.
+        let keep_from = history
+            .iter()
+            .rposition(|v| v.at <= previous.at)
+            .unwrap_or(0);
+        history.drain(..keep_from);
+    }
+    if let Some(path) = file
+        && let Ok(json) = serde_json::to_vec(&current)
+    {
+        let tmp = path.with_extension("json.tmp");
+        if let Err(e) = std::fs::write(&tmp, json).and_then(|()| std::fs::rename(&tmp, path)) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the membership view; the next start reads it twice");
+        }
+    }
     Ownership::Fleet {
         me,
-        live: live_members(clients, now, settings.heartbeat_timeout),
+        live: current.live,
+        previous: previous.live,
         locks: None,
     }
 }
@@ -256,6 +330,7 @@ mod tests {
         let o = Ownership::Fleet {
             me: "c-a".into(),
             live: vec!["c-a".into(), "c-b".into()],
+            previous: vec!["c-a".into(), "c-b".into()],
             locks: None,
         };
         let name = (0..100)
@@ -266,6 +341,7 @@ mod tests {
         let not_member = Ownership::Fleet {
             me: "c-z".into(),
             live: vec!["c-a".into()],
+            previous: vec!["c-a".into()],
             locks: None,
         };
         assert!(
