@@ -30,7 +30,7 @@ fn main() {
     );
     println!();
     println!(
-        "| mode | passes | kills | owner moves | deferred | duplicates | unregistered | unowned | max wait | \
+        "| mode | passes (incl. first-pass re-reads) | kills | owner moves | deferred | duplicates | unregistered | unowned | max wait | \
          DescribeBackupClients/min (mean, peak) | DescribeDataSources/min (mean steady, peak) | \
          AddDataSource/min (mean, peak) | seconds |"
     );
