@@ -654,9 +654,7 @@ async fn fleet_view<R: Registry>(
         return Ok(crate::fleet::Ownership::All);
     };
     let me = crate::fleet::identity(settings)?;
-    let settle = settings
-        .settle_time
-        .unwrap_or(cfg.agent.probe_timeout + 3 * cfg.control_plane.timeout);
+    let settle = crate::fleet::settle_time(cfg);
     let read = || async {
         let clients = registry.backup_clients(cluster_id).await.map_err(|e| {
             crate::fleet::FleetError::Members {

@@ -186,6 +186,17 @@ pub enum FleetError {
     Etcd(String),
 }
 
+/// `settle_time`, or by default `probe_timeout` plus three API timeouts: longer than a pass
+/// takes from its describe to its last add. Zero without `[fleet]`.
+pub fn settle_time(cfg: &crate::config::Config) -> std::time::Duration {
+    match &cfg.fleet {
+        None => std::time::Duration::ZERO,
+        Some(f) => f
+            .settle_time
+            .unwrap_or(cfg.agent.probe_timeout + 3 * cfg.control_plane.timeout),
+    }
+}
+
 /// This host's ClientId: the configured one, or the first line of `client_id_file`.
 pub fn identity(settings: &FleetSettings) -> Result<String, FleetError> {
     match &settings.identity {
