@@ -28,6 +28,9 @@ pub fn free_port() -> u16 {
 impl Etcd {
     pub async fn start() -> Etcd {
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Built before etcd starts: nothing between the spawn and `Etcd` may panic, or the
+        // process would outlive the test (a `Child` does not kill on drop).
+        let http = reqwest::Client::new();
         let dir = tempfile::tempdir().unwrap();
         let (client_port, peer_port) = (free_port(), free_port());
         let client = format!("http://127.0.0.1:{client_port}");
@@ -59,7 +62,7 @@ impl Etcd {
             child,
             dir,
             client_port,
-            http: reqwest::Client::new(),
+            http,
         };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
