@@ -360,6 +360,8 @@ fn outcome_mark(o: Outcome) -> &'static str {
         Outcome::Update | Outcome::Updated => "~",
         Outcome::InSync => "=",
         Outcome::Orphaned => "?",
+        Outcome::OtherOwner => "-",
+        Outcome::Deferred => ".",
         Outcome::ProbeFailed | Outcome::Conflict | Outcome::Failed => "!",
     }
 }

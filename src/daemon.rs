@@ -103,7 +103,10 @@ fn pass_bound(cfg: &Config) -> Duration {
         .len()
         .div_ceil(cfg.agent.probe_concurrency.get())
         .max(1) as u32;
-    cfg.agent.probe_timeout.saturating_mul(waves + 1) + PASS_HBR_ALLOWANCE
+    // A fleet's first pass may wait settle_time before reading the membership again.
+    cfg.agent.probe_timeout.saturating_mul(waves + 1)
+        + PASS_HBR_ALLOWANCE
+        + crate::fleet::settle_time(cfg)
 }
 
 fn now_rfc3339() -> String {

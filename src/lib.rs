@@ -6,6 +6,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod desired;
+pub mod fleet;
 pub mod hbr;
 pub mod logging;
 pub mod metrics;

@@ -200,10 +200,13 @@ impl Metrics {
             let labels = SourceOnly {
                 source: source.clone(),
             };
-            self.source_in_sync
-                .get_or_create(&labels)
-                .set(i64::from(in_sync));
-            now.in_sync.insert(labels);
+            // Fleet: whether another member's source is in sync is that member's to say.
+            if r.outcome != Outcome::OtherOwner {
+                self.source_in_sync
+                    .get_or_create(&labels)
+                    .set(i64::from(in_sync));
+                now.in_sync.insert(labels);
+            }
             let Some(probe) = &r.probe else { continue };
             let labels = SourceKind {
                 source: source.clone(),

@@ -44,6 +44,15 @@ pub trait Registry {
         data_source_id: &str,
         req: &DataSourceRequest,
     ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+
+    /// Fleet mode: the client group's backup clients (DescribeBackupClients, all pages).
+    fn backup_clients(
+        &self,
+        _cluster_id: &str,
+    ) -> impl Future<Output = Result<Vec<crate::hbr::client::BackupClient>, Self::Error>> + Send
+    {
+        async { Ok(Vec::new()) }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,6 +80,11 @@ pub enum Outcome {
     Conflict,
     /// HBR refused or could not be reached.
     Failed,
+    /// Fleet mode: probed here, written by another member (the detail names it).
+    OtherOwner,
+    /// Fleet mode: owned here only since the membership changed; added on a later pass if
+    /// that holds (so two hosts reading membership around a change never both add).
+    Deferred,
 }
 
 impl Outcome {
@@ -85,6 +99,8 @@ impl Outcome {
             Outcome::Orphaned => "orphaned",
             Outcome::Conflict => "conflict",
             Outcome::Failed => "failed",
+            Outcome::OtherOwner => "other_owner",
+            Outcome::Deferred => "deferred",
         }
     }
 
@@ -142,8 +158,18 @@ impl PassReport {
         let desired: Vec<&SourceResult> = self
             .sources
             .iter()
-            .filter(|s| s.outcome != Outcome::Orphaned)
+            .filter(|s| {
+                !matches!(
+                    s.outcome,
+                    Outcome::Orphaned | Outcome::OtherOwner | Outcome::Deferred
+                )
+            })
             .collect();
+        let others = self
+            .sources
+            .iter()
+            .filter(|s| s.outcome == Outcome::OtherOwner)
+            .count();
         let ok = desired
             .iter()
             .filter(|s| {
@@ -154,6 +180,9 @@ impl PassReport {
             })
             .count();
         let mut out = format!("{ok}/{} in sync", desired.len());
+        if others > 0 {
+            out.push_str(&format!(" ({others} owned by other members)"));
+        }
         for s in desired.iter().filter(|s| s.outcome.is_failure()) {
             let what = s
                 .probe
@@ -173,6 +202,8 @@ pub enum PassError {
     Describe { cluster_id: String, message: String },
     #[error(transparent)]
     State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
 }
 
 fn now_rfc3339() -> String {
@@ -250,7 +281,12 @@ pub async fn run_pass<R: Registry>(
     );
     let mut finished: Vec<ProbeReport> = Vec::new();
     let remote = {
-        let describe = registry.describe(&cluster_id);
+        let describe = async {
+            tokio::join!(
+                registry.describe(&cluster_id),
+                fleet_view(cfg, registry, &cluster_id, mode)
+            )
+        };
         tokio::pin!(describe);
         loop {
             tokio::select! {
@@ -259,10 +295,24 @@ pub async fn run_pass<R: Registry>(
             }
         }
     };
+    let (remote, ownership) = remote;
     let remote = remote.map_err(|e| PassError::Describe {
         cluster_id: cluster_id.clone(),
         message: e.to_string(),
     })?;
+    let (ownership, lease) = take_locks(cfg, mode, ownership?, &wanted).await?;
+    // Strict mode: look again now that the locks are held, so that an add by the previous
+    // holder, landed after the first describe, is seen before this host adds.
+    let remote = match &lease {
+        Some(_) => registry
+            .describe(&cluster_id)
+            .await
+            .map_err(|e| PassError::Describe {
+                cluster_id: cluster_id.clone(),
+                message: e.to_string(),
+            })?,
+        None => remote,
+    };
     if state.cluster_id != cluster_id {
         if !state.cluster_id.is_empty() {
             tracing::warn!(
@@ -299,6 +349,7 @@ pub async fn run_pass<R: Registry>(
             source,
             Some(report),
             &remote,
+            &ownership,
             state,
             hmac_key,
         )
@@ -312,11 +363,16 @@ pub async fn run_pass<R: Registry>(
     }
     // A probe task that panicked left no report: the source is reported as not probed.
     for source in pending.into_values() {
-        let result =
-            reconcile_source(cfg, registry, mode, source, None, &remote, state, hmac_key).await;
+        let result = reconcile_source(
+            cfg, registry, mode, source, None, &remote, &ownership, state, hmac_key,
+        )
+        .await;
         results.push(result);
     }
     results.sort_by(|a, b| a.name.cmp(&b.name));
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
 
     for (name, entry) in state.sources.iter() {
         if cfg.sources.contains_key(name) {
@@ -379,6 +435,7 @@ async fn reconcile_source<R: Registry>(
     source: &Source,
     probe: Option<ProbeReport>,
     remote: &[RemoteDataSource],
+    ownership: &crate::fleet::Ownership,
     state: &mut State,
     hmac_key: &[u8],
 ) -> SourceResult {
@@ -425,6 +482,17 @@ async fn reconcile_source<R: Registry>(
         return finish(entry, result);
     }
 
+    // Fleet: every host probes and reports; only the owner writes.
+    if let Err(why) = ownership.may_write(&source.name) {
+        result.outcome = Outcome::OtherOwner;
+        result.data_source_id = remote
+            .iter()
+            .find(|r| r.data_source_name == source.name)
+            .map(|r| r.data_source_id.clone());
+        result.detail = why;
+        return finish(entry, result);
+    }
+
     let same_name: Vec<&RemoteDataSource> = remote
         .iter()
         .filter(|r| r.data_source_name == source.name)
@@ -449,6 +517,11 @@ async fn reconcile_source<R: Registry>(
     };
 
     let Some(target) = target else {
+        if let Err(why) = ownership.may_add(&source.name) {
+            result.outcome = Outcome::Deferred;
+            result.detail = why;
+            return finish(entry, result);
+        }
         let readd = entry.data_source_id.is_some();
         if mode == Mode::Plan {
             result.outcome = Outcome::Add;
@@ -568,6 +641,98 @@ async fn reconcile_source<R: Registry>(
     finish(entry, result)
 }
 
+// ---- fleet wiring (src/fleet) ----
+
+/// Who may write in this pass: everything without `[fleet]`, else HBR's membership hashed.
+async fn fleet_view<R: Registry>(
+    cfg: &Config,
+    registry: &R,
+    cluster_id: &str,
+    mode: Mode,
+) -> Result<crate::fleet::Ownership, crate::fleet::FleetError> {
+    let Some(settings) = &cfg.fleet else {
+        return Ok(crate::fleet::Ownership::All);
+    };
+    let me = crate::fleet::identity(settings)?;
+    let settle = crate::fleet::settle_time(cfg);
+    let read = || async {
+        let clients = registry.backup_clients(cluster_id).await.map_err(|e| {
+            crate::fleet::FleetError::Members {
+                cluster_id: cluster_id.to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        Ok::<_, crate::fleet::FleetError>(crate::fleet::View {
+            at: now,
+            live: crate::fleet::live_members(&clients, now, settings.heartbeat_timeout),
+        })
+    };
+    let view_file = (mode == Mode::Apply).then(|| cfg.agent.state_dir.join("fleet-view.json"));
+    let current = read().await?;
+    let previous = match crate::fleet::trusted_previous(
+        settings,
+        settle,
+        view_file.as_deref(),
+        &current,
+    ) {
+        Some(p) => p,
+        // Plan never waits: it shows what the next apply would do at best.
+        None if mode == Mode::Plan => current.clone(),
+        None => {
+            // No earlier view to trust (a first pass, or back after a long stop): read again
+            // after the settle time, so that an add by a host that read just before a change
+            // has landed before this one decides.
+            tracing::info!(settle = ?settle, "fleet: no recent membership view; reading it again after the settle time");
+            tokio::time::sleep(settle).await;
+            let again = read().await?;
+            return Ok(crate::fleet::ownership(
+                me,
+                current,
+                again,
+                view_file.as_deref(),
+            ));
+        }
+    };
+    Ok(crate::fleet::ownership(
+        me,
+        previous,
+        current,
+        view_file.as_deref(),
+    ))
+}
+
+/// Strict mode, apply only: the etcd lock of every source this host owns by hashing.
+async fn take_locks(
+    cfg: &Config,
+    mode: Mode,
+    ownership: crate::fleet::Ownership,
+    wanted: &[&Source],
+) -> Result<(crate::fleet::Ownership, Option<crate::fleet::etcd::Lease>), PassError> {
+    let etcd = cfg.fleet.as_ref().and_then(|f| f.etcd.as_ref());
+    let (
+        Some(etcd),
+        Mode::Apply,
+        crate::fleet::Ownership::Fleet {
+            me, live, previous, ..
+        },
+    ) = (etcd, mode, &ownership)
+    else {
+        return Ok((ownership, None));
+    };
+    let owned = ownership.owned(wanted.iter().map(|s| s.name.as_str()));
+    let (mut locks, lease) =
+        crate::fleet::etcd::acquire(etcd, &cfg.agent.cluster_id, me, &owned).await?;
+    locks.alive = Some(lease.alive());
+    let ownership = crate::fleet::Ownership::Fleet {
+        me: me.clone(),
+        live: live.clone(),
+        previous: previous.clone(),
+        locks: Some(locks),
+    };
+    Ok((ownership, Some(lease)))
+}
+
 fn record_sent(
     entry: &mut SourceState,
     id: &str,
@@ -606,6 +771,13 @@ impl Registry for crate::hbr::client::HbrClient {
         req: &DataSourceRequest,
     ) -> Result<String, Self::Error> {
         self.update_data_source(data_source_id, req).await
+    }
+
+    async fn backup_clients(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Vec<crate::hbr::client::BackupClient>, Self::Error> {
+        self.describe_backup_clients(cluster_id).await
     }
 }
 
@@ -706,6 +878,7 @@ mod tests {
                 timeout: Duration::from_secs(1),
             },
             sources: sources.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            fleet: None,
             warnings: vec![],
         }
     }

@@ -12,7 +12,7 @@ use toml::de::{DeTable, DeValue, ValueDeserializer};
 use url::Url;
 
 use super::raw::{
-    RawAgent, RawCommon, RawControlPlane, RawCpfs, RawFilesystem, RawHdfs, RawNas, RawS3,
+    RawAgent, RawCommon, RawControlPlane, RawCpfs, RawFilesystem, RawFleet, RawHdfs, RawNas, RawS3,
     RawSchedule, RawSecret, RawSpeedLimit, S, StrList,
 };
 use super::report::{FileText, Reporter};
@@ -20,8 +20,8 @@ use super::{ConfigErrors, Env, Severity, archive, check, model::*, secrets};
 use crate::secret::Secret;
 
 const KINDS: &[&str] = &["nas", "cpfs", "bmcpfs", "filesystem", "hdfs", "s3"];
-const TOP_LEVEL: &str = "expected one of `version`, `agent`, `control_plane`, `nas`, `cpfs`, \
-                         `bmcpfs`, `filesystem`, `hdfs`, `s3`";
+const TOP_LEVEL: &str = "expected one of `version`, `agent`, `control_plane`, `fleet`, `nas`, \
+                         `cpfs`, `bmcpfs`, `filesystem`, `hdfs`, `s3`";
 
 /// A value and the file it came from (drop-ins override per key).
 struct At<T> {
@@ -63,6 +63,20 @@ struct MergedControlPlane {
     timeout: Option<At<String>>,
 }
 
+#[derive(Default)]
+struct MergedFleet {
+    header: Option<(usize, Range<usize>)>,
+    removed: BTreeSet<String>,
+    client_id: Option<At<String>>,
+    client_id_file: Option<At<String>>,
+    heartbeat_timeout: Option<At<String>>,
+    settle_time: Option<At<String>>,
+    coordination: Option<At<String>>,
+    etcd_endpoints: Option<At<Vec<Spanned<String>>>>,
+    etcd_lease_ttl: Option<At<String>>,
+    etcd_prefix: Option<At<String>>,
+}
+
 /// One `[KIND.NAME]` table, valid or not (duplicates are checked on all of them).
 struct Entry {
     name: String,
@@ -80,6 +94,7 @@ pub(super) struct Loader<'e> {
     unparsed: bool,
     agent: MergedAgent,
     control_plane: MergedControlPlane,
+    fleet: MergedFleet,
     entries: Vec<Entry>,
 }
 
@@ -92,6 +107,7 @@ impl<'e> Loader<'e> {
             unparsed: false,
             agent: MergedAgent::default(),
             control_plane: MergedControlPlane::default(),
+            fleet: MergedFleet::default(),
             entries: Vec::new(),
         }
     }
@@ -129,6 +145,7 @@ impl<'e> Loader<'e> {
         }
         let agent = self.build_agent();
         let control_plane = self.build_control_plane();
+        let fleet = self.build_fleet();
         let sources = self.sources();
 
         let Reporter {
@@ -152,6 +169,7 @@ impl<'e> Loader<'e> {
                 agent,
                 control_plane,
                 sources,
+                fleet,
                 warnings,
             }),
             _ => Err(ConfigErrors { errors, warnings }),
@@ -220,6 +238,7 @@ impl<'e> Loader<'e> {
                 }
                 "agent" => self.agent_table(file, value),
                 "control_plane" => self.control_plane_table(file, value),
+                "fleet" => self.fleet_table(file, value),
                 other => match KINDS.iter().find(|&&k| k == other) {
                     Some(&kind) => self.kind_table(file, kind, value),
                     None => self.rep.error(
@@ -282,6 +301,25 @@ impl<'e> Loader<'e> {
         over(&mut c.security_token, file, r.security_token);
         over(&mut c.metadata_endpoint, file, r.metadata_endpoint);
         over(&mut c.timeout, file, r.timeout);
+    }
+
+    fn fleet_table(&mut self, file: usize, value: &Spanned<DeValue<'_>>) {
+        let f = &mut self.fleet;
+        f.header.get_or_insert((file, value.span()));
+        let Some(r) = self
+            .rep
+            .deserialize::<RawFleet>(file, "[fleet]", value, &mut f.removed)
+        else {
+            return;
+        };
+        over(&mut f.client_id, file, r.client_id);
+        over(&mut f.client_id_file, file, r.client_id_file);
+        over(&mut f.heartbeat_timeout, file, r.heartbeat_timeout);
+        over(&mut f.settle_time, file, r.settle_time);
+        over(&mut f.coordination, file, r.coordination);
+        over(&mut f.etcd_endpoints, file, r.etcd_endpoints);
+        over(&mut f.etcd_lease_ttl, file, r.etcd_lease_ttl);
+        over(&mut f.etcd_prefix, file, r.etcd_prefix);
     }
 
     fn kind_table(&mut self, file: usize, kind: &'static str, value: &Spanned<DeValue<'_>>) {
@@ -576,6 +614,138 @@ impl<'e> Loader<'e> {
             credentials: credentials?,
             metadata_endpoint: metadata_endpoint?,
             timeout: timeout?,
+        })
+    }
+
+    /// `[fleet]`, absent = `None` (one host owns everything). Invalid keys are reported and
+    /// stop the load, so `None` after an error is never used.
+    fn build_fleet(&mut self) -> Option<FleetSettings> {
+        let f = std::mem::take(&mut self.fleet);
+        let (file, header) = f.header.clone()?;
+        let mut sc = self.scope(file, "[fleet]", header, f.removed.clone());
+        let identity = match (&f.client_id, &f.client_id_file) {
+            (Some(id), None) => sc.check_at(id, "client_id", |s| {
+                crate::fleet::check_client_id(s).map(|()| ClientIdentity::Literal(s.clone()))
+            }),
+            (None, Some(path)) => sc.check_at(path, "client_id_file", |s| {
+                check::absolute_path(s).map(ClientIdentity::File)
+            }),
+            (Some(_), Some(path)) => {
+                sc.err_in(
+                    path.file,
+                    &path.value.span(),
+                    "client_id_file",
+                    "set client_id or client_id_file, not both",
+                );
+                None
+            }
+            (None, None) => {
+                sc.missing("client_id");
+                None
+            }
+        };
+        let heartbeat_timeout = sc.opt_at(
+            &f.heartbeat_timeout,
+            "heartbeat_timeout",
+            defaults::FLEET_HEARTBEAT_TIMEOUT,
+            |s| check::duration(s),
+        );
+        let settle_time = sc.opt_at(&f.settle_time, "settle_time", None, |s| {
+            check::duration(s).map(Some)
+        });
+        let strict = sc.opt_at(&f.coordination, "coordination", false, |s| {
+            match s.as_str() {
+                "hbr" => Ok(false),
+                "etcd" => Ok(true),
+                _ => Err(format!("{s:?} is not one of \"hbr\", \"etcd\"")),
+            }
+        });
+        let lease_ttl = sc.opt_at(
+            &f.etcd_lease_ttl,
+            "etcd_lease_ttl",
+            defaults::ETCD_LEASE_TTL,
+            |s| {
+                check::duration(s).and_then(|d| {
+                    if d.as_secs() >= 5 && d.subsec_nanos() == 0 {
+                        Ok(d)
+                    } else {
+                        Err("must be whole seconds, at least 5s".into())
+                    }
+                })
+            },
+        );
+        let prefix = sc.opt_at(
+            &f.etcd_prefix,
+            "etcd_prefix",
+            defaults::ETCD_PREFIX.to_string(),
+            |s| {
+                if s.starts_with('/') && !s.ends_with('/') {
+                    Ok(s.clone())
+                } else {
+                    Err("must start with / and not end with /".into())
+                }
+            },
+        );
+        let mut endpoints = Vec::new();
+        if let Some(list) = &f.etcd_endpoints {
+            for e in list.value.get_ref() {
+                match check::http_url(e.get_ref(), check::is_loopback) {
+                    Ok(u) => endpoints.push(u),
+                    Err(m) => sc.err_in(list.file, &e.span(), "etcd_endpoints", m),
+                }
+            }
+        }
+        let etcd = match strict {
+            Some(true) if endpoints.is_empty() && f.etcd_endpoints.is_some() => {
+                if let Some(list) = &f.etcd_endpoints {
+                    sc.err_in(
+                        list.file,
+                        &list.value.span(),
+                        "etcd_endpoints",
+                        "coordination = \"etcd\" needs at least one endpoint",
+                    );
+                }
+                None
+            }
+            Some(true) if f.etcd_endpoints.is_none() => {
+                sc.missing("etcd_endpoints");
+                None
+            }
+            Some(true) => Some(EtcdSettings {
+                endpoints,
+                lease_ttl: lease_ttl.unwrap_or(defaults::ETCD_LEASE_TTL),
+                prefix: prefix.clone().unwrap_or_default(),
+            }),
+            _ => {
+                for (key, present) in [
+                    (
+                        "etcd_endpoints",
+                        f.etcd_endpoints.as_ref().map(|v| (v.file, v.value.span())),
+                    ),
+                    (
+                        "etcd_lease_ttl",
+                        f.etcd_lease_ttl.as_ref().map(|v| (v.file, v.value.span())),
+                    ),
+                    (
+                        "etcd_prefix",
+                        f.etcd_prefix.as_ref().map(|v| (v.file, v.value.span())),
+                    ),
+                ] {
+                    if let Some((file, span)) = present {
+                        sc.err_in(file, &span, key, "only used with coordination = \"etcd\"");
+                    }
+                }
+                None
+            }
+        };
+        if sc.failed {
+            return None;
+        }
+        Some(FleetSettings {
+            identity: identity?,
+            heartbeat_timeout: heartbeat_timeout?,
+            settle_time: settle_time?,
+            etcd,
         })
     }
 

@@ -23,6 +23,9 @@ pub mod defaults {
     pub const NFS_PORT: u16 = 2049;
     pub const SMB_PORT: u16 = 445;
     pub const HDFS_PORT: u16 = 8020;
+    pub const FLEET_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(600);
+    pub const ETCD_LEASE_TTL: Duration = Duration::from_secs(60);
+    pub const ETCD_PREFIX: &str = "/hbr-source-agent";
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct Config {
     pub control_plane: ControlPlane,
     /// Keyed by name (the HBR `DataSourceName`), unique across kinds.
     pub sources: BTreeMap<String, Source>,
+    /// `[fleet]`: `None` = this host owns every source (the single-host behaviour).
+    pub fleet: Option<FleetSettings>,
     /// Problems that do not stop the agent (they fail `validate --strict`).
     pub warnings: Vec<crate::config::Diagnostic>,
 }
@@ -45,6 +50,34 @@ pub struct AgentSettings {
     pub probe_concurrency: NonZeroUsize,
     pub reprobe_interval: Duration,
     pub register_on_probe_failure: bool,
+}
+
+/// `[fleet]`: many hosts of one client group, one owner per source (docs/fleet.md).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FleetSettings {
+    pub identity: ClientIdentity,
+    /// A member whose last heartbeat is older than this is not live.
+    pub heartbeat_timeout: Duration,
+    /// An add needs ownership in a view at least this old; `None` = `probe_timeout` plus
+    /// three API timeouts (longer than a pass takes from describe to add).
+    pub settle_time: Option<Duration>,
+    /// `coordination = "etcd"`: a per-source lock in etcd on top of the hashing.
+    pub etcd: Option<EtcdSettings>,
+}
+
+/// This host's HBR ClientId (`c-…`), as written or read from a file at every pass.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientIdentity {
+    Literal(String),
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EtcdSettings {
+    pub endpoints: Vec<Url>,
+    pub lease_ttl: Duration,
+    /// Keys live under `PREFIX/CLUSTER_ID/`.
+    pub prefix: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -28,6 +28,19 @@ pub(super) struct RawAgent {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+pub(super) struct RawFleet {
+    pub client_id: S<String>,
+    pub client_id_file: S<String>,
+    pub heartbeat_timeout: S<String>,
+    pub settle_time: S<String>,
+    pub coordination: S<String>,
+    pub etcd_endpoints: StrList,
+    pub etcd_lease_ttl: S<String>,
+    pub etcd_prefix: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawControlPlane {
     pub region: S<String>,
     pub network: S<String>,

@@ -484,7 +484,7 @@ fn control_plane_rules() {
         [
             "agent.toml:1:11: version: unsupported version: this agent reads version = 1",
             "agent.toml:2:1: foo: unknown key; expected one of `version`, `agent`, \
-             `control_plane`, `nas`, `cpfs`, `bmcpfs`, `filesystem`, `hdfs`, `s3`",
+             `control_plane`, `fleet`, `nas`, `cpfs`, `bmcpfs`, `filesystem`, `hdfs`, `s3`",
             "agent.toml:4:14: [agent]: cluster_id: \"CL-1\" is not a client group id (cl- \
              followed by lowercase letters and digits)",
         ]

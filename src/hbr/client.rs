@@ -216,6 +216,18 @@ enum Listing {
     },
 }
 
+/// A backup client as DescribeBackupClients returns it (the fields the fleet mode reads).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct BackupClient {
+    pub client_id: String,
+    /// `ACTIVATED` when running and registered; `UNKNOWN` when disconnected, …
+    pub status: String,
+    /// UNIX seconds.
+    pub last_heart_beat_time: Option<i64>,
+    pub hostname: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Added {
     pub data_source_id: String,
@@ -393,6 +405,69 @@ impl HbrClient {
             };
             if done {
                 return Ok(Listing::Complete(all));
+            }
+        }
+        Err(HbrError::Decode {
+            action: ACTION.into(),
+            http_status: 200,
+            request_id: String::new(),
+            message: format!("paging did not end after {MAX_DESCRIBE_PAGES} pages"),
+        })
+    }
+
+    /// The local backup clients (`ClientType=LOCAL_CLIENT`) of a client group, all pages: the
+    /// membership the fleet mode hashes sources over. Items are deduplicated by ClientId, as
+    /// offset paging can repeat one when the list changes underneath.
+    pub async fn describe_backup_clients(
+        &self,
+        cluster_id: &str,
+    ) -> Result<Vec<BackupClient>, HbrError> {
+        const ACTION: &str = "DescribeBackupClients";
+        let mut all: Vec<BackupClient> = Vec::new();
+        for page in 1..=MAX_DESCRIBE_PAGES {
+            let params = vec![
+                ("ClientType".to_string(), "LOCAL_CLIENT".to_string()),
+                ("ClusterId".to_string(), cluster_id.to_string()),
+                ("PageNumber".to_string(), page.to_string()),
+                ("PageSize".to_string(), DESCRIBE_PAGE_SIZE.to_string()),
+            ];
+            let (body, request_id) = self.execute(ACTION, &params, true).await?;
+            let decode = |message: String| HbrError::Decode {
+                action: ACTION.into(),
+                http_status: 200,
+                request_id: request_id.clone(),
+                message,
+            };
+            let items = match body.get("Clients") {
+                Some(Value::Array(a)) => a.clone(),
+                Some(Value::Object(o)) => match o.get("Client") {
+                    Some(Value::Array(a)) => a.clone(),
+                    _ => Vec::new(),
+                },
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => return Err(decode("Clients is not a list".into())),
+            };
+            let total = body.get("TotalCount").and_then(as_u64);
+            let page_size = body
+                .get("PageSize")
+                .and_then(as_u64)
+                .map_or(DESCRIBE_PAGE_SIZE, |p| (p as usize).min(DESCRIBE_PAGE_SIZE));
+            let n = items.len();
+            for item in items {
+                let c: BackupClient = serde_json::from_value(item)
+                    .map_err(|e| decode(format!("a backup client: {e}")))?;
+                if !all.iter().any(|d| d.client_id == c.client_id) {
+                    all.push(c);
+                }
+            }
+            let seen = (page - 1) * page_size.max(1) + n;
+            let done = match total {
+                _ if n == 0 => true,
+                Some(t) => seen as u64 >= t,
+                None => n < page_size.max(1),
+            };
+            if done {
+                return Ok(all);
             }
         }
         Err(HbrError::Decode {

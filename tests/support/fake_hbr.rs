@@ -49,7 +49,17 @@ pub const DATA_SOURCE_TYPES: &[&str] = &[
     "NAS",
 ];
 
-const ACTIONS: &[&str] = &["AddDataSource", "UpdateDataSource", "DescribeDataSources"];
+const ACTIONS: &[&str] = &[
+    "AddDataSource",
+    "UpdateDataSource",
+    "DescribeDataSources",
+    clients::ACTION,
+];
+
+#[path = "fake_hbr_clients.rs"]
+mod clients;
+#[allow(unused_imports)]
+pub use clients::StoredClient;
 
 /// Parameters that belong to the V2 signature protocol, not to an action.
 const V2_PROTOCOL_PARAMS: &[&str] = &[
@@ -287,6 +297,8 @@ struct State {
     faults: VecDeque<(Fault, Option<String>)>,
     requests: Vec<RecordedRequest>,
     next_id: u64,
+    /// DescribeBackupClients (fake_hbr_clients.rs).
+    clients: Vec<clients::StoredClient>,
 }
 
 impl State {
@@ -378,6 +390,7 @@ impl FakeHbr {
             faults: VecDeque::new(),
             requests: Vec::new(),
             next_id: 0,
+            clients: Vec::new(),
         }));
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
@@ -754,6 +767,7 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Option<Response<Full<
             "AddDataSource" => add_data_source(&mut st, &authed.params),
             "UpdateDataSource" => update_data_source(&mut st, &authed.params),
             "DescribeDataSources" => describe_data_sources(&st, &authed.params),
+            clients::ACTION => clients::describe_backup_clients(&st, &authed.params),
             _ => unreachable!("authenticate admits only known actions"),
         }
     };
