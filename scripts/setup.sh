@@ -25,6 +25,7 @@ APT_PACKAGES=(
   libjersey1-server-java libjersey1-servlet-java libjersey1-core-java  # Hadoop's WebHDFS jars
   openssl                     # test CA and certificates for the TLS tests
   curl                        # readiness checks of the test servers
+  etcd-server                 # fleet strict mode: the tests start their own etcd on loopback
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
@@ -33,6 +34,10 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+  # The package enables a system etcd; the tests start their own on random loopback ports.
+  if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now etcd >/dev/null 2>&1 || true
+  fi
 fi
 
 # The official SDK's signer, pinned; the test fails (not skips) without it.
