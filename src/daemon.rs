@@ -26,8 +26,12 @@ use crate::state::{State, StateStore};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How far each `EXTEND_TIMEOUT_USEC` during the first pass pushes systemd's start timeout.
 const START_EXTENSION: Duration = Duration::from_secs(60);
-/// Config file events closer together than this are one reload.
-const DEBOUNCE: Duration = Duration::from_millis(500);
+/// Config file events closer together than this are one reload. An editor's or config
+/// management's write + rename lands within milliseconds. It is also how often the
+/// debouncer's thread wakes, idle or not (its default tick, a quarter of this, woke it 40
+/// times a second at 100 ms); 500 ms put the reaction to an edit at 550-600 ms
+/// (docs/benchmarks.md).
+const DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// SIGTERM and SIGINT; SIGHUP is handled apart (it reloads).
 struct Signals {
@@ -638,7 +642,7 @@ impl ConfigWatcher {
         };
         let mut debouncer = notify_debouncer_full::new_debouncer(
             DEBOUNCE,
-            None,
+            Some(DEBOUNCE),
             move |res: notify_debouncer_full::DebounceEventResult| match res {
                 Ok(events) => {
                     let hit = events.iter().any(|ev| {
