@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use notify::{EventKind, RecursiveMode};
+use notify::{EventKind, RecursiveMode, Watcher as _};
 use sd_notify::NotifyState;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::mpsc;
@@ -26,8 +26,6 @@ use crate::state::{State, StateStore};
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How far each `EXTEND_TIMEOUT_USEC` during the first pass pushes systemd's start timeout.
 const START_EXTENSION: Duration = Duration::from_secs(60);
-/// The file watcher coalesces events this close together into one batch.
-const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A config change is applied once the files have been quiet this long: an editor's or config
 /// management's burst of writes is one reload of the final content, not one per write (each
 /// intermediate file would be probed and registered, then orphaned in HBR).
@@ -627,17 +625,15 @@ impl Diff {
     }
 }
 
-type Debouncer = notify_debouncer_full::Debouncer<
-    notify::RecommendedWatcher,
-    notify_debouncer_full::RecommendedCache,
->;
-
 /// Watches the directory of the main config and its `conf.d/` (not recursively: the main file
-/// may live in a big directory such as `/etc`) and sends one message per burst of relevant
-/// changes. Watching directories, not files, survives editors' and config management's
-/// rename-replace; `Access` events (our own reads) are ignored.
+/// may live in a big directory such as `/etc`) and sends a message for each relevant change;
+/// the main loop waits for the files to settle ([`SETTLE_QUIET`]) before it reloads. Watching
+/// directories, not files, survives editors' and config management's rename-replace;
+/// `Access` events (our own reads) are ignored. The raw inotify watcher blocks in `read`, so
+/// an idle daemon is not woken by it (a debouncer's ticking thread woke it 5 to 40 times a
+/// second, docs/benchmarks.md).
 struct ConfigWatcher {
-    debouncer: Debouncer,
+    watcher: notify::RecommendedWatcher,
     conf_d: PathBuf,
     conf_d_watched: bool,
 }
@@ -659,33 +655,26 @@ impl ConfigWatcher {
                         && p.extension().is_some_and(|e| e == "toml"))
             }
         };
-        let mut debouncer = notify_debouncer_full::new_debouncer(
-            DEBOUNCE,
-            None,
-            move |res: notify_debouncer_full::DebounceEventResult| match res {
-                Ok(events) => {
-                    let hit = events.iter().any(|ev| {
-                        !matches!(ev.event.kind, EventKind::Access(_))
-                            && ev.event.paths.iter().any(|p| relevant(p))
-                    });
-                    if hit {
-                        // Full channel: a reload is already pending and will read the latest.
+        let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            match res {
+                Ok(ev) => {
+                    if !matches!(ev.kind, EventKind::Access(_))
+                        && ev.paths.iter().any(|p| relevant(p))
+                    {
+                        // Full channel: a change is already pending; the reload reads the
+                        // files as they are then.
                         let _ = tx.try_send(());
                     }
                 }
-                Err(errors) => {
-                    for e in errors {
-                        tracing::warn!(error = %e, "config watcher error");
-                    }
-                }
-            },
-        )
+                Err(e) => tracing::warn!(error = %e, "config watcher error"),
+            }
+        })
         .context("cannot start the config watcher")?;
-        debouncer
+        watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("cannot watch {}", dir.display()))?;
         let mut w = ConfigWatcher {
-            debouncer,
+            watcher,
             conf_d,
             conf_d_watched: false,
         };
@@ -700,7 +689,7 @@ impl ConfigWatcher {
             return;
         }
         match self
-            .debouncer
+            .watcher
             .watch(&self.conf_d, RecursiveMode::NonRecursive)
         {
             Ok(()) => self.conf_d_watched = true,

@@ -177,7 +177,7 @@ impl<'e> Loader<'e> {
     }
 
     fn add_file(&mut self, path: PathBuf, text: String, mode: Option<u32>) -> usize {
-        self.rep.files.push(FileText { path, text, mode });
+        self.rep.files.push(FileText::new(path, text, mode));
         self.rep.files.len() - 1
     }
 

@@ -126,6 +126,11 @@ pub struct FakeConfig {
     pub throttle_every: Option<u32>,
     /// Value of `x-acs-retry-after` (milliseconds, as the official SDK reads it) on throttling.
     pub retry_after_ms: u64,
+    /// Added to every authenticated answer, like the real gateway's round trip (benchmarks).
+    pub latency: Duration,
+    /// Authenticated requests per second admitted (a token bucket holding one second's worth);
+    /// the others get `Throttling.User` with `x-acs-retry-after` = the wait for the next token.
+    pub rate_limit: Option<u32>,
 }
 
 impl Default for FakeConfig {
@@ -140,6 +145,8 @@ impl Default for FakeConfig {
             clock: None,
             throttle_every: None,
             retry_after_ms: 100,
+            latency: Duration::ZERO,
+            rate_limit: None,
         }
     }
 }
@@ -291,6 +298,9 @@ struct State {
     clock: Option<OffsetDateTime>,
     throttle_every: Option<u32>,
     retry_after_ms: u64,
+    latency: Duration,
+    /// (limit per second, tokens left, when they were counted)
+    bucket: Option<(f64, f64, std::time::Instant)>,
     authenticated: u64,
     nonces: HashMap<(String, String), OffsetDateTime>,
     data_sources: Vec<StoredDataSource>,
@@ -330,6 +340,19 @@ impl State {
     /// A later UpdatedTime even when the clock is fixed, so clients can see the change.
     fn touch(&self, ds: &mut StoredDataSource) {
         ds.updated_time = self.now().unix_timestamp().max(ds.updated_time + 1);
+    }
+
+    /// Takes a token; when none is left, how long until the next one (milliseconds).
+    fn over_rate_limit(&mut self) -> Option<u64> {
+        let (limit, tokens, at) = self.bucket.as_mut()?;
+        let now = std::time::Instant::now();
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * *limit).min(*limit);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return None;
+        }
+        Some((((1.0 - *tokens) / *limit) * 1000.0).ceil().max(1.0) as u64)
     }
 
     fn take_fault(&mut self, action: &str) -> Option<Fault> {
@@ -384,6 +407,11 @@ impl FakeHbr {
             clock: cfg.clock,
             throttle_every: cfg.throttle_every.filter(|n| *n > 0),
             retry_after_ms: cfg.retry_after_ms,
+            latency: cfg.latency,
+            bucket: cfg
+                .rate_limit
+                .filter(|n| *n > 0)
+                .map(|n| (f64::from(n), f64::from(n), std::time::Instant::now())),
             authenticated: 0,
             nonces: HashMap::new(),
             data_sources: Vec::new(),
@@ -686,18 +714,26 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Option<Response<Full<
         Err(r) => return Some(finish(state, rec, error_response(&r, &request_id, &host))),
     };
 
-    let fault = {
+    let (fault, latency, rate_wait) = {
         let mut st = lock(state);
         st.authenticated += 1;
         let periodic = st
             .throttle_every
             .is_some_and(|n| st.authenticated.is_multiple_of(u64::from(n)));
-        st.take_fault(&authed.action)
-            .or(periodic.then_some(Fault::Throttle {
-                count: 1,
-                action: None,
-            }))
+        let rate_wait = st.over_rate_limit();
+        let fault = st
+            .take_fault(&authed.action)
+            .or(
+                (periodic || rate_wait.is_some()).then_some(Fault::Throttle {
+                    count: 1,
+                    action: None,
+                }),
+            );
+        (fault, st.latency, rate_wait)
     };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     if let Some(f) = &fault {
         rec.fault = Some(f.kind());
     }
@@ -708,7 +744,7 @@ async fn handle(state: &Shared, req: Request<Incoming>) -> Option<Response<Full<
         }
         Some(Fault::Slow { delay, .. }) => tokio::time::sleep(delay).await,
         Some(Fault::Throttle { .. }) => {
-            let retry_after = lock(state).retry_after_ms;
+            let retry_after = rate_wait.unwrap_or_else(|| lock(state).retry_after_ms);
             let r = reject(
                 400,
                 "Throttling.User",
