@@ -352,67 +352,32 @@ impl HbrClient {
 
     async fn describe_pages(&self, cluster_id: &str) -> Result<Listing, HbrError> {
         const ACTION: &str = "DescribeDataSources";
+        let base = [("ClusterId", cluster_id)];
         let mut all: Vec<RemoteDataSource> = Vec::new();
         let mut first_total = None;
-        for page in 1..=MAX_DESCRIBE_PAGES {
-            let params = vec![
-                ("ClusterId".to_string(), cluster_id.to_string()),
-                ("PageNumber".to_string(), page.to_string()),
-                ("PageSize".to_string(), DESCRIBE_PAGE_SIZE.to_string()),
-            ];
-            let (body, request_id) = self.execute(ACTION, &params, true).await?;
-            let decode = |message: String| HbrError::Decode {
-                action: ACTION.into(),
-                http_status: 200,
-                request_id: request_id.clone(),
-                message,
-            };
-            let items = match body.get("DataSources") {
-                Some(Value::Array(a)) => a.clone(),
-                Some(Value::Object(o)) => match o.get("DataSource") {
-                    Some(Value::Array(a)) => a.clone(),
-                    _ => Vec::new(),
-                },
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => return Err(decode("DataSources is not a list".into())),
-            };
-            let total = body.get("TotalCount").and_then(as_u64);
-            match (first_total, total) {
+        for number in 1..=MAX_DESCRIBE_PAGES {
+            let page = self
+                .describe_page(ACTION, &base, number, ("DataSources", "DataSource"))
+                .await?;
+            match (first_total, page.total) {
                 (None, t) => first_total = Some(t),
                 (Some(Some(first)), Some(later)) if first != later => {
                     return Ok(Listing::Shifted { first, later });
                 }
                 _ => {}
             }
-            // The server may cap the page size below what was asked; its echo says.
-            let page_size = body
-                .get("PageSize")
-                .and_then(as_u64)
-                .map_or(DESCRIBE_PAGE_SIZE, |p| (p as usize).min(DESCRIBE_PAGE_SIZE));
-            let n = items.len();
-            for item in items {
-                let ds: RemoteDataSource = serde_json::from_value(item)
-                    .map_err(|e| decode(format!("a data source: {e}")))?;
+            for item in &page.items {
+                let ds: RemoteDataSource = serde_json::from_value(item.clone())
+                    .map_err(|e| page.decode(format!("a data source: {e}")))?;
                 if !all.iter().any(|d| d.data_source_id == ds.data_source_id) {
                     all.push(ds);
                 }
             }
-            let seen = (page - 1) * DESCRIBE_PAGE_SIZE.min(page_size.max(1)) + n;
-            let done = match total {
-                _ if n == 0 => true,
-                Some(t) => seen as u64 >= t,
-                None => n < page_size.max(1),
-            };
-            if done {
+            if page.is_last(number) {
                 return Ok(Listing::Complete(all));
             }
         }
-        Err(HbrError::Decode {
-            action: ACTION.into(),
-            http_status: 200,
-            request_id: String::new(),
-            message: format!("paging did not end after {MAX_DESCRIBE_PAGES} pages"),
-        })
+        Err(paging_did_not_end(ACTION))
     }
 
     /// The local backup clients (`ClientType=LOCAL_CLIENT`) of a client group, all pages: the
@@ -423,59 +388,64 @@ impl HbrClient {
         cluster_id: &str,
     ) -> Result<Vec<BackupClient>, HbrError> {
         const ACTION: &str = "DescribeBackupClients";
+        let base = [("ClientType", "LOCAL_CLIENT"), ("ClusterId", cluster_id)];
         let mut all: Vec<BackupClient> = Vec::new();
-        for page in 1..=MAX_DESCRIBE_PAGES {
-            let params = vec![
-                ("ClientType".to_string(), "LOCAL_CLIENT".to_string()),
-                ("ClusterId".to_string(), cluster_id.to_string()),
-                ("PageNumber".to_string(), page.to_string()),
-                ("PageSize".to_string(), DESCRIBE_PAGE_SIZE.to_string()),
-            ];
-            let (body, request_id) = self.execute(ACTION, &params, true).await?;
-            let decode = |message: String| HbrError::Decode {
-                action: ACTION.into(),
-                http_status: 200,
-                request_id: request_id.clone(),
-                message,
-            };
-            let items = match body.get("Clients") {
-                Some(Value::Array(a)) => a.clone(),
-                Some(Value::Object(o)) => match o.get("Client") {
-                    Some(Value::Array(a)) => a.clone(),
-                    _ => Vec::new(),
-                },
-                None | Some(Value::Null) => Vec::new(),
-                Some(_) => return Err(decode("Clients is not a list".into())),
-            };
-            let total = body.get("TotalCount").and_then(as_u64);
-            let page_size = body
-                .get("PageSize")
-                .and_then(as_u64)
-                .map_or(DESCRIBE_PAGE_SIZE, |p| (p as usize).min(DESCRIBE_PAGE_SIZE));
-            let n = items.len();
-            for item in items {
-                let c: BackupClient = serde_json::from_value(item)
-                    .map_err(|e| decode(format!("a backup client: {e}")))?;
+        for number in 1..=MAX_DESCRIBE_PAGES {
+            let page = self
+                .describe_page(ACTION, &base, number, ("Clients", "Client"))
+                .await?;
+            for item in &page.items {
+                let c: BackupClient = serde_json::from_value(item.clone())
+                    .map_err(|e| page.decode(format!("a backup client: {e}")))?;
                 if !all.iter().any(|d| d.client_id == c.client_id) {
                     all.push(c);
                 }
             }
-            let seen = (page - 1) * page_size.max(1) + n;
-            let done = match total {
-                _ if n == 0 => true,
-                Some(t) => seen as u64 >= t,
-                None => n < page_size.max(1),
-            };
-            if done {
+            if page.is_last(number) {
                 return Ok(all);
             }
         }
-        Err(HbrError::Decode {
-            action: ACTION.into(),
-            http_status: 200,
-            request_id: String::new(),
-            message: format!("paging did not end after {MAX_DESCRIBE_PAGES} pages"),
-        })
+        Err(paging_did_not_end(ACTION))
+    }
+
+    /// Page `number` of a paged Describe action: `base` parameters plus PageNumber/PageSize;
+    /// the items under `list` (a JSON array, or HBR's `{"<item>": [...]}` wrapping).
+    async fn describe_page(
+        &self,
+        action: &'static str,
+        base: &[(&str, &str)],
+        number: usize,
+        (list, item): (&str, &str),
+    ) -> Result<Page, HbrError> {
+        let mut params: Vec<(String, String)> = base
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        params.push(("PageNumber".into(), number.to_string()));
+        params.push(("PageSize".into(), DESCRIBE_PAGE_SIZE.to_string()));
+        let (body, request_id) = self.execute(action, &params, true).await?;
+        let mut page = Page {
+            action,
+            request_id,
+            items: Vec::new(),
+            total: body.get("TotalCount").and_then(as_u64),
+            // The server may cap the page size below what was asked; its echo says.
+            page_size: body
+                .get("PageSize")
+                .and_then(as_u64)
+                .map_or(DESCRIBE_PAGE_SIZE, |p| (p as usize).min(DESCRIBE_PAGE_SIZE))
+                .max(1),
+        };
+        page.items = match body.get(list) {
+            Some(Value::Array(a)) => a.clone(),
+            Some(Value::Object(o)) => match o.get(item) {
+                Some(Value::Array(a)) => a.clone(),
+                _ => Vec::new(),
+            },
+            None | Some(Value::Null) => Vec::new(),
+            Some(_) => return Err(page.decode(format!("{list} is not a list"))),
+        };
+        Ok(page)
     }
 
     /// Registers a data source. Not idempotent: see [`HbrError::OutcomeUnknown`].
@@ -676,6 +646,47 @@ pub fn wire_params(req: &DataSourceRequest, data_source_id: Option<&str>) -> Vec
         None => p.remove("Credential"),
     };
     p.into_iter().collect()
+}
+
+/// One page of a paged Describe action.
+struct Page {
+    action: &'static str,
+    request_id: String,
+    items: Vec<Value>,
+    total: Option<u64>,
+    page_size: usize,
+}
+
+impl Page {
+    /// Whether page `number` (1-based) ends the listing: an empty page, `TotalCount` reached,
+    /// or, without a total, a short page.
+    fn is_last(&self, number: usize) -> bool {
+        let n = self.items.len();
+        let seen = (number - 1) * self.page_size + n;
+        match self.total {
+            _ if n == 0 => true,
+            Some(t) => seen as u64 >= t,
+            None => n < self.page_size,
+        }
+    }
+
+    fn decode(&self, message: String) -> HbrError {
+        HbrError::Decode {
+            action: self.action.into(),
+            http_status: 200,
+            request_id: self.request_id.clone(),
+            message,
+        }
+    }
+}
+
+fn paging_did_not_end(action: &str) -> HbrError {
+    HbrError::Decode {
+        action: action.into(),
+        http_status: 200,
+        request_id: String::new(),
+        message: format!("paging did not end after {MAX_DESCRIBE_PAGES} pages"),
+    }
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
