@@ -265,6 +265,29 @@ async fn a_server_that_requires_signing_answers_the_signed_tree_connect() {
     assert!(failed_layer(&rep).1.contains("NT_STATUS_ACCESS_DENIED"));
 }
 
+/// Samba refuses an unsigned or badly signed TREE_CONNECT on a 2.1/3.x user session with
+/// NT_STATUS_ACCESS_DENIED even where signing is not required, so each dialect's signing must
+/// be right for the share to be reached (and for a wrong share to read BAD_NETWORK_NAME).
+#[tokio::test]
+async fn each_dialects_signing_is_accepted_by_the_server() {
+    servers();
+    for (port, dialect, signing) in [
+        (SMB21_PORT, "2.1", "signed (HMAC-SHA256)"),
+        (SMB30_PORT, "3.0", "signed (AES-128-CMAC)"),
+        (STRICT_PORT, "3.1.1", "signed (AES-128-CMAC)"),
+    ] {
+        let s = Setup::new(&source("d", port, "/share", USER, PASSWORD)).await;
+        let (r, reports) = probe(&s).await;
+        assert_eq!(r.code, 0, "{dialect}: {r:?}");
+        let facts = &reports["d"]["facts"];
+        assert_eq!(facts["smb_dialect"], dialect, "{facts:#}");
+        assert_eq!(facts["smb_tree_connect"], signing, "{facts:#}");
+        let (code, rep) = failure_of(&source("f", port, "/nosuchshare", USER, PASSWORD)).await;
+        assert_eq!(code, "SMB_SHARE_NOT_FOUND", "{dialect}: {rep:#}");
+        assert!(failed_layer(&rep).1.contains("NT_STATUS_BAD_NETWORK_NAME"));
+    }
+}
+
 #[tokio::test]
 async fn every_server_is_probed_and_each_must_pass() {
     servers();

@@ -5,6 +5,8 @@
 #   smb1    port 4457  SMB1 (NT1) only
 #   signed  port 4458  map to guest = never, server signing = mandatory, and accounts in states
 #                      a session setup refuses (see ACCOUNTS below)
+#   smb21   port 4459  at most SMB 2.1 (the agent signs with HMAC-SHA256)
+#   smb30   port 4460  at most SMB 3.0 (AES-CMAC with the 3.0 key derivation)
 # Users (all servers): smbtest / S3cretPass (the only one allowed on [share]) and
 # smbother / 0therPass (logs on, but [share] refuses it). [share] holds hello.txt and sub/.
 # The first three render exactly from the template (other worktrees share the servers: a
@@ -21,7 +23,7 @@ exec 9>"$root/lock"
 flock 9
 PATH="$PATH:/usr/sbin:/sbin"
 
-INSTANCES="strict:4455:never:SMB2_02:SMB3 guest:4456:bad_password:SMB2_02:SMB3 smb1:4457:never:NT1:NT1 signed:4458:never:SMB2_02:SMB3:signed"
+INSTANCES="strict:4455:never:SMB2_02:SMB3 guest:4456:bad_password:SMB2_02:SMB3 smb1:4457:never:NT1:NT1 signed:4458:never:SMB2_02:SMB3:signed smb21:4459:never:SMB2_02:SMB2_10 smb30:4460:never:SMB2_02:SMB3_00"
 
 # Accounts on "signed", each with the password Acct0untPass and the pdbedit/smbpasswd arguments
 # that put it in the state whose NT status the tests expect.

@@ -12,6 +12,10 @@ pub const GUEST_PORT: u16 = 4456;
 pub const SMB1_PORT: u16 = 4457;
 /// smbd with `server signing = mandatory` and the accounts below.
 pub const SIGNED_PORT: u16 = 4458;
+/// smbd with `server max protocol = SMB2_10` (the agent signs with HMAC-SHA256).
+pub const SMB21_PORT: u16 = 4459;
+/// smbd with `server max protocol = SMB3_00` (AES-CMAC, the 3.0 key derivation).
+pub const SMB30_PORT: u16 = 4460;
 /// The password of every account on the signed server made in a state that refuses logons
 /// (smbdisabled, smblocked, smbkicked, smbnewpw, smbws).
 pub const ACCOUNT_PASSWORD: &str = "Acct0untPass";
