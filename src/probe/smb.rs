@@ -2,16 +2,16 @@
 //! 2/3 server (Samba, Windows Server, NAS appliances).
 //!
 //! Layers: `resolve` and `connect` (the shared [`net`] steps), `handshake` (a hand-built SMB2
-//! NEGOTIATE in the agent itself: the dialect, or what the server offered instead), then `auth`
-//! and `access` through libsmbclient (pavao) in a child process of the agent, killed at the
-//! probe deadline so that a server that hangs mid-session costs only this probe's time and
-//! SMB probes run in parallel (see [`child`] and docs/smb.md).
+//! NEGOTIATE in the agent itself: the dialect, or what the server offered instead), `auth`
+//! (the agent's own SESSION_SETUP with NTLMv2 on that connection, see [`session`]: the server's
+//! NT status names the code, and its SessionFlags tell a guest session), then `access`: the
+//! agent's own signed TREE_CONNECT to the share (its NT status again), and `stat` and listing of
+//! the path through libsmbclient (pavao) in a child process of the agent, killed at the probe
+//! deadline so that a server that hangs mid-session costs only this probe's time and SMB
+//! probes run in parallel (see [`child`] and docs/smb.md). libsmbclient's errno only has to
+//! tell a missing path from a refused one, since logon and share were settled before.
 //!
-//! `auth`: session setup as `username` (tree connect to `IPC$`), then the same user with a
-//! random wrong password: a server that lets that in too maps bad passwords to guest, and the
-//! configured password proves nothing (`SMB_GUEST_FALLBACK`). `access`: tree connect to the
-//! share, `stat` of the path (libsmbclient's errno tells missing share, missing path and
-//! access denied apart; pavao's `list_dir` drops it), then the listing.
+//! Every address in `servers` is probed at once, and each must pass.
 
 pub mod child;
 mod negotiate;
@@ -72,7 +72,8 @@ impl fmt::Debug for Request {
 enum StepName {
     /// Session setup with the configured credentials (tree connect to IPC$).
     Logon,
-    /// Session setup with a random wrong password, tree connect to the share.
+    /// Formerly: session setup with a random wrong password. Children no longer send it (the
+    /// agent reads the server's guest flag); kept so that the protocol stays readable.
     Guest,
     /// Tree connect to the share, stat of its root.
     Share,
