@@ -401,4 +401,18 @@ mod tests {
             [0xa1, 7, 0x30, 5, 0xa2, 3, 0x04, 1, 7]
         );
     }
+
+    proptest::proptest! {
+        /// What a server sends never panics the parser, with or without the signature.
+        #[test]
+        fn parsing_a_challenge_never_panics(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+        ) {
+            let _ = parse_challenge(&bytes);
+            let mut m = SIGNATURE.to_vec();
+            m.extend_from_slice(&2u32.to_le_bytes());
+            m.extend_from_slice(&bytes);
+            let _ = parse_challenge(&m);
+        }
+    }
 }
