@@ -70,7 +70,8 @@ impl fmt::Debug for Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum StepName {
-    /// Session setup with the configured credentials (tree connect to IPC$).
+    /// Session setup with the configured credentials, tree connect to a share that cannot
+    /// exist (after the share step failed with EACCES).
     Logon,
     /// Formerly: session setup with a random wrong password. Children no longer send it (the
     /// agent reads the server's guest flag); kept so that the protocol stays readable.
