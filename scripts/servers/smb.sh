@@ -118,7 +118,7 @@ start_one() {
 }
 
 up() {
-    for cmd in smbd smbpasswd smbclient; do
+    for cmd in smbd smbpasswd smbclient pdbedit net; do
         command -v "$cmd" >/dev/null || { echo "smb.sh: $cmd not found (run scripts/setup.sh)" >&2; exit 1; }
     done
     if [ "$(id -u)" != 0 ]; then
