@@ -62,7 +62,14 @@ async fn right_credentials_pass_and_apply_registers_the_exact_request() {
         ["resolve", "connect", "handshake", "auth", "access"]
     );
     assert_eq!(rep["facts"]["smb_dialect"], "3.1.1", "{rep:#}");
-    assert_eq!(rep["facts"]["smb_wrong_password"], "refused", "{rep:#}");
+    // The server's own word on the session, and the agent's TREE_CONNECT on it.
+    assert_eq!(rep["facts"]["smb_session"], "user", "{rep:#}");
+    assert_eq!(rep["facts"]["smb_signing"], "enabled", "{rep:#}");
+    assert_eq!(
+        rep["facts"]["smb_tree_connect"], "signed (AES-128-CMAC)",
+        "{rep:#}"
+    );
+    assert_eq!(rep["facts"]["smb_share_type"], "disk", "{rep:#}");
     assert_eq!(rep["facts"]["entries"], "2", "{rep:#}");
     assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
 
@@ -158,22 +165,156 @@ async fn a_missing_directory_in_the_share_is_path_not_found() {
 }
 
 #[tokio::test]
-async fn guest_mapping_of_a_wrong_password_is_caught() {
-    // [public] on the guest server lets guests in; a wrong password becomes a guest session.
+async fn guest_mapping_of_a_wrong_password_is_caught_by_the_servers_session_flag() {
+    // [public] on the guest server lets guests in; a wrong password becomes a guest session,
+    // which the server marks in SessionFlags.
     let (code, rep) = failure_of(&source("f", GUEST_PORT, "/public", USER, "not-it")).await;
     assert_eq!(code, "SMB_GUEST_FALLBACK", "{rep:#}");
-    assert_eq!(failed_layer(&rep).0, "auth");
-    // The right password does not help: a wrong one gets in as well.
-    let (code, _) = failure_of(&source("f", GUEST_PORT, "/public", USER, PASSWORD)).await;
+    let (layer, detail) = failed_layer(&rep);
+    assert_eq!(layer, "auth");
+    assert!(detail.contains("SMB2_SESSION_FLAG_IS_GUEST"), "{detail}");
+    assert_eq!(rep["facts"]["smb_session"], "guest", "{rep:#}");
+    // Also where a guest could not reach the share: the logon itself is what is wrong.
+    let (code, rep) = failure_of(&source("f", GUEST_PORT, "/share", USER, "not-it")).await;
+    assert_eq!(code, "SMB_GUEST_FALLBACK", "{rep:#}");
+    // An unknown user is mapped to guest there too.
+    let (code, _) = failure_of(&source("f", GUEST_PORT, "/public", "nosuchuser", "x")).await;
     assert_eq!(code, "SMB_GUEST_FALLBACK");
 }
 
 #[tokio::test]
-async fn guest_mapping_server_passes_where_a_guest_cannot_reach_the_share() {
+async fn the_right_password_on_a_guest_mapping_server_is_a_user_session_and_passes() {
     servers();
-    let s = Setup::new(&source("g", GUEST_PORT, "/share", USER, PASSWORD)).await;
-    let (r, _) = probe(&s).await;
+    for share in ["/public", "/share"] {
+        let s = Setup::new(&source("g", GUEST_PORT, share, USER, PASSWORD)).await;
+        let (r, reports) = probe(&s).await;
+        assert_eq!(r.code, 0, "{share}: {r:?}");
+        assert_eq!(reports["g"]["facts"]["smb_session"], "user", "{r:?}");
+    }
+}
+
+/// Each account state Samba refuses a logon for: the exact code and the server's NT status.
+#[tokio::test]
+async fn refused_accounts_are_told_apart_by_the_servers_nt_status() {
+    for (user, code, status) in [
+        (
+            "smbdisabled",
+            "SMB_ACCOUNT_DISABLED",
+            "NT_STATUS_ACCOUNT_DISABLED",
+        ),
+        (
+            "smblocked",
+            "SMB_ACCOUNT_LOCKED_OUT",
+            "NT_STATUS_ACCOUNT_LOCKED_OUT",
+        ),
+        (
+            "smbkicked",
+            "SMB_ACCOUNT_EXPIRED",
+            "NT_STATUS_ACCOUNT_EXPIRED",
+        ),
+        (
+            "smbnewpw",
+            "SMB_PASSWORD_EXPIRED",
+            "NT_STATUS_PASSWORD_MUST_CHANGE",
+        ),
+        (
+            "smbws",
+            "SMB_LOGON_RESTRICTED",
+            "NT_STATUS_INVALID_WORKSTATION",
+        ),
+        ("smbtest", "SMB_LOGON_FAILURE", "NT_STATUS_LOGON_FAILURE"),
+        ("nosuchuser", "SMB_LOGON_FAILURE", "NT_STATUS_LOGON_FAILURE"),
+    ] {
+        let (got, rep) =
+            failure_of(&source("f", SIGNED_PORT, "/share", user, ACCOUNT_PASSWORD)).await;
+        assert_eq!(got, code, "{user}: {rep:#}");
+        let (layer, detail) = failed_layer(&rep);
+        assert_eq!(layer, "auth", "{user}: {rep:#}");
+        assert!(detail.contains(status), "{user}: {detail}");
+        assert!(detail.contains(user), "{user}: {detail}");
+    }
+}
+
+/// `server signing = mandatory`: the agent signs its TREE_CONNECT (SMB 3.1.1: AES-128-CMAC
+/// with the preauth-integrity key), so the server answers it, for better or worse.
+#[tokio::test]
+async fn a_server_that_requires_signing_answers_the_signed_tree_connect() {
+    servers();
+    let s = Setup::new(&source("sig", SIGNED_PORT, "/share", USER, PASSWORD)).await;
+    let (r, reports) = probe(&s).await;
     assert_eq!(r.code, 0, "{r:?}");
+    let facts = &reports["sig"]["facts"];
+    assert_eq!(facts["smb_signing"], "required", "{facts:#}");
+    assert_eq!(
+        facts["smb_tree_connect"], "signed (AES-128-CMAC)",
+        "{facts:#}"
+    );
+    assert_eq!(facts["entries"], "2", "{facts:#}");
+    let (code, rep) = failure_of(&source("f", SIGNED_PORT, "/nosuchshare", USER, PASSWORD)).await;
+    assert_eq!(code, "SMB_SHARE_NOT_FOUND", "{rep:#}");
+    assert!(failed_layer(&rep).1.contains("NT_STATUS_BAD_NETWORK_NAME"));
+    let (code, rep) = failure_of(&source(
+        "f",
+        SIGNED_PORT,
+        "/share",
+        OTHER_USER,
+        OTHER_PASSWORD,
+    ))
+    .await;
+    assert_eq!(code, "SMB_ACCESS_DENIED", "{rep:#}");
+    assert!(failed_layer(&rep).1.contains("NT_STATUS_ACCESS_DENIED"));
+}
+
+/// Samba refuses an unsigned or badly signed TREE_CONNECT on a 2.1/3.x user session with
+/// NT_STATUS_ACCESS_DENIED even where signing is not required, so each dialect's signing must
+/// be right for the share to be reached (and for a wrong share to read BAD_NETWORK_NAME).
+#[tokio::test]
+async fn each_dialects_signing_is_accepted_by_the_server() {
+    servers();
+    for (port, dialect, signing) in [
+        (SMB21_PORT, "2.1", "signed (HMAC-SHA256)"),
+        (SMB30_PORT, "3.0", "signed (AES-128-CMAC)"),
+        (STRICT_PORT, "3.1.1", "signed (AES-128-CMAC)"),
+    ] {
+        let s = Setup::new(&source("d", port, "/share", USER, PASSWORD)).await;
+        let (r, reports) = probe(&s).await;
+        assert_eq!(r.code, 0, "{dialect}: {r:?}");
+        let facts = &reports["d"]["facts"];
+        assert_eq!(facts["smb_dialect"], dialect, "{facts:#}");
+        assert_eq!(facts["smb_tree_connect"], signing, "{facts:#}");
+        let (code, rep) = failure_of(&source("f", port, "/nosuchshare", USER, PASSWORD)).await;
+        assert_eq!(code, "SMB_SHARE_NOT_FOUND", "{dialect}: {rep:#}");
+        assert!(failed_layer(&rep).1.contains("NT_STATUS_BAD_NETWORK_NAME"));
+    }
+}
+
+#[tokio::test]
+async fn every_server_is_probed_and_each_must_pass() {
+    servers();
+    let both = [
+        format!("127.0.0.1:{STRICT_PORT}"),
+        format!("127.0.0.1:{SIGNED_PORT}"),
+    ];
+    let s = Setup::new(&source_servers("two", &both, "/share")).await;
+    let (r, reports) = probe(&s).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let facts = &reports["two"]["facts"];
+    assert_eq!(facts[format!("{} result", both[0])], "passed", "{facts:#}");
+    assert_eq!(facts[format!("{} result", both[1])], "passed", "{facts:#}");
+    assert_eq!(facts[format!("{} smb_signing", both[1])], "required");
+    assert_eq!(facts[format!("{} entries", both[0])], "2");
+
+    let down = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mixed = [both[0].clone(), down.to_string()];
+    let (code, rep) = failure_of(&source_servers("f", &mixed, "/share")).await;
+    assert_eq!(code, "TCP_REFUSED", "{rep:#}");
+    assert_eq!(rep["facts"][format!("{} result", mixed[0])], "passed");
+    assert_eq!(rep["facts"][format!("{down} result")], "FAIL TCP_REFUSED");
+    let reason = rep["failure"]["reason"].as_str().unwrap();
+    assert!(reason.contains("1 of 2 servers passed"), "{reason}");
 }
 
 #[tokio::test]
@@ -259,15 +400,19 @@ async fn a_listener_that_never_answers_costs_only_its_own_deadline() {
     assert!(detail.contains("NEGOTIATE"), "{detail}");
 }
 
-/// A proxy to the strict smbd that passes each connection's first message (NEGOTIATE) and its
-/// answer, then swallows everything the client sends: libsmbclient hangs in session setup, so
-/// only killing its child process ends the probe. Returns the proxy's port.
-async fn swallowing_proxy() -> u16 {
+/// A proxy to the strict smbd. The first `whole` connections pass whole (the agent's own
+/// session); later ones pass their first message (NEGOTIATE) and its answer, then the proxy
+/// swallows everything the client sends: libsmbclient hangs in session setup, so only killing
+/// its child process ends the probe. Returns the proxy's port.
+async fn swallowing_proxy(whole: usize) -> u16 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
+        let mut n = 0;
         while let Ok((client, _)) = listener.accept().await {
+            n += 1;
+            let pass_whole = n <= whole;
             tokio::spawn(async move {
                 let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", STRICT_PORT)).await
                 else {
@@ -278,6 +423,10 @@ async fn swallowing_proxy() -> u16 {
                 tokio::spawn(async move {
                     let _ = tokio::io::copy(&mut sr, &mut cw).await;
                 });
+                if pass_whole {
+                    let _ = tokio::io::copy(&mut cr, &mut sw).await;
+                    return;
+                }
                 let mut header = [0u8; 4];
                 if cr.read_exact(&mut header).await.is_err() {
                     return;
@@ -300,14 +449,28 @@ async fn swallowing_proxy() -> u16 {
 }
 
 #[tokio::test]
-async fn a_server_that_hangs_in_session_setup_costs_only_its_own_deadline() {
+async fn a_server_that_hangs_in_the_agents_session_setup_costs_only_its_own_deadline() {
     servers();
-    let port = swallowing_proxy().await;
+    let port = swallowing_proxy(0).await;
     let hung = hung_beside_good(port).await;
     let (layer, detail) = failed_layer(&hung);
     assert_eq!(layer, "auth", "{hung:#}");
-    assert!(detail.contains("session setup"), "{detail}");
+    assert!(
+        detail.contains("no answer to the SMB2 session setup as smbtest (NTLMSSP NEGOTIATE)"),
+        "{detail}"
+    );
     assert_eq!(hung["facts"]["smb_dialect"], "3.1.1");
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_in_libsmbclients_session_costs_only_its_own_deadline() {
+    servers();
+    let port = swallowing_proxy(1).await;
+    let hung = hung_beside_good(port).await;
+    let (layer, detail) = failed_layer(&hung);
+    assert_eq!(layer, "access", "{hung:#}");
+    assert!(detail.contains("session setup"), "{detail}");
+    assert_eq!(hung["facts"]["smb_session"], "user");
 }
 
 /// The child processes of `pid` (from /proc/PID/stat's ppid field).
@@ -335,7 +498,7 @@ fn children_of(pid: u32) -> Vec<u32> {
 #[tokio::test]
 async fn the_password_is_never_in_the_childs_argv_or_environment() {
     servers();
-    let port = swallowing_proxy().await;
+    let port = swallowing_proxy(1).await;
     let s = Setup::new(&source("hung", port, "/share", USER, PASSWORD)).await;
     let agent = s
         .agent()
@@ -405,6 +568,12 @@ async fn explain_covers_every_smb_code() {
     for code in [
         "SMB_PROTOCOL_MISMATCH",
         "SMB_LOGON_FAILURE",
+        "SMB_ACCOUNT_DISABLED",
+        "SMB_ACCOUNT_LOCKED_OUT",
+        "SMB_ACCOUNT_EXPIRED",
+        "SMB_PASSWORD_EXPIRED",
+        "SMB_LOGON_RESTRICTED",
+        "SMB_NTLM_REFUSED",
         "SMB_GUEST_FALLBACK",
         "SMB_SHARE_NOT_FOUND",
         "SMB_ACCESS_DENIED",

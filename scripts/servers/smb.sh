@@ -3,8 +3,14 @@
 #   strict  port 4455  map to guest = never: wrong passwords and unknown users are refused
 #   guest   port 4456  map to guest = bad password: a wrong password becomes a guest session
 #   smb1    port 4457  SMB1 (NT1) only
-# Users (both servers): smbtest / S3cretPass (the only one allowed on [share]) and
+#   signed  port 4458  map to guest = never, server signing = mandatory, and accounts in states
+#                      a session setup refuses (see ACCOUNTS below)
+#   smb21   port 4459  at most SMB 2.1 (the agent signs with HMAC-SHA256)
+#   smb30   port 4460  at most SMB 3.0 (AES-CMAC with the 3.0 key derivation)
+# Users (all servers): smbtest / S3cretPass (the only one allowed on [share]) and
 # smbother / 0therPass (logs on, but [share] refuses it). [share] holds hello.txt and sub/.
+# The first three render exactly from the template (other worktrees share the servers: a
+# changed rendering would restart them); "signed" appends its lines after the template.
 #   scripts/servers/smb.sh up     start, or reuse healthy ones we started; prints the root
 #   scripts/servers/smb.sh down   stop what `up` started (by PID)
 # Working files under ${HBR_TEST_RUN:-/tmp/hbr-test-servers}/smb. Safe to run concurrently.
@@ -17,7 +23,19 @@ exec 9>"$root/lock"
 flock 9
 PATH="$PATH:/usr/sbin:/sbin"
 
-INSTANCES="strict:4455:never:SMB2_02:SMB3 guest:4456:bad_password:SMB2_02:SMB3 smb1:4457:never:NT1:NT1"
+INSTANCES="strict:4455:never:SMB2_02:SMB3 guest:4456:bad_password:SMB2_02:SMB3 smb1:4457:never:NT1:NT1 signed:4458:never:SMB2_02:SMB3:signed smb21:4459:never:SMB2_02:SMB2_10 smb30:4460:never:SMB2_02:SMB3_00"
+
+# Accounts on "signed", each with the password Acct0untPass and the pdbedit/smbpasswd arguments
+# that put it in the state whose NT status the tests expect.
+ACCOUNT_PASSWORD=Acct0untPass
+# (A per-user PASSWORD_EXPIRED needs the domain-wide "maximum password age": not made here.)
+ACCOUNTS=(
+    "smbdisabled:pdbedit -c [D]"
+    "smblocked:pdbedit -c [L]"
+    "smbkicked:pdbedit -K 946684800"
+    "smbnewpw:net sam set pwdmustchangenow USER yes"
+    "smbws:net sam set workstations USER NOTTHISHOST"
+)
 
 alive() { [ -f "$root/$1/smbd.pid" ] && kill -0 "$(cat "$root/$1/smbd.pid")" 2>/dev/null; }
 
@@ -38,11 +56,15 @@ stop_one() {
 }
 
 start_one() {
-    local name=$1 port=$2 map=$3 min=$4 max=$5 dir="$root/$1"
+    local name=$1 port=$2 map=$3 min=$4 max=$5 extra=${6:-} dir="$root/$1"
     mkdir -p "$dir"
     sed -e "s|@DIR@|$dir|g" -e "s|@PORT@|$port|g" -e "s|@MAP@|${map/_/ }|g" \
         -e "s|@MIN@|$min|g" -e "s|@MAX@|$max|g" \
         -e "s|@NAME@|HBRTEST${name^^}|g" "$here/smb/smb.conf" >"$dir/smb.conf.want"
+    if [ "$extra" = signed ]; then
+        # smb.conf allows [global] options again at the end; the later value wins.
+        printf '[global]\n    server signing = mandatory\n' >>"$dir/smb.conf.want"
+    fi
     # Reuse a healthy server started from the same config.
     if alive "$name" && cmp -s "$dir/smb.conf.want" "$dir/smb.conf" && ready "$name" "$port"; then
         return 0
@@ -63,6 +85,21 @@ start_one() {
         printf '%s\n%s\n' "${u#*:}" "${u#*:}" |
             smbpasswd -c "$dir/smb.conf" -s -a "${u%%:*}" >/dev/null
     done
+    if [ "$extra" = signed ]; then
+        local a user cmd
+        for a in "${ACCOUNTS[@]}"; do
+            user=${a%%:*} cmd=${a#*:}
+            id "$user" >/dev/null 2>&1 || useradd -M -s /usr/sbin/nologin "$user"
+            printf '%s\n%s\n' "$ACCOUNT_PASSWORD" "$ACCOUNT_PASSWORD" |
+                smbpasswd -c "$dir/smb.conf" -s -a "$user" >/dev/null
+            set -f # [D] and [L] are not globs
+            case "$cmd" in
+                pdbedit*) ${cmd} --configfile="$dir/smb.conf" -u "$user" >/dev/null ;;
+                net*) ${cmd//USER/$user} --configfile="$dir/smb.conf" >/dev/null ;;
+            esac
+            set +f
+        done
+    fi
     setsid smbd --foreground --no-process-group --debug-stdout --configfile="$dir/smb.conf" \
         >"$dir/smbd.log" 2>&1 </dev/null 9>&- &
     echo $! >"$dir/smbd.pid"
@@ -81,7 +118,7 @@ start_one() {
 }
 
 up() {
-    for cmd in smbd smbpasswd smbclient; do
+    for cmd in smbd smbpasswd smbclient pdbedit net; do
         command -v "$cmd" >/dev/null || { echo "smb.sh: $cmd not found (run scripts/setup.sh)" >&2; exit 1; }
     done
     if [ "$(id -u)" != 0 ]; then
@@ -90,8 +127,8 @@ up() {
     fi
     local i
     for i in $INSTANCES; do
-        IFS=: read -r name port map min max <<<"$i"
-        start_one "$name" "$port" "$map" "$min" "$max"
+        IFS=: read -r name port map min max extra <<<"$i"
+        start_one "$name" "$port" "$map" "$min" "$max" "$extra"
     done
     echo "$root"
 }

@@ -152,16 +152,56 @@ catalogue! {
          Windows: SMB2 is on unless disabled with Set-SmbServerConfiguration; NAS appliances: \
          the minimum SMB version setting). Check that the port is the SMB port (445).";
     SMB_LOGON_FAILURE =>
-        "The server refused the session setup: wrong user name, password or domain.",
+        "The server refused the session setup with NT_STATUS_LOGON_FAILURE (or WRONG_PASSWORD, \
+         NO_SUCH_USER): unknown user, or wrong password or domain.",
         "Check username, password and domain against the server (smbclient //HOST/SHARE -U \
-         DOMAIN\\USER). Also check that the account is enabled, not locked out and its password \
-         not expired; on Samba the user needs an smbpasswd entry (pdbedit -L).";
+         DOMAIN\\USER). On Samba the user needs an smbpasswd entry (pdbedit -L); for a \
+         Windows local account set domain to the server's computer name.";
+    SMB_ACCOUNT_DISABLED =>
+        "The server refused the session setup with NT_STATUS_ACCOUNT_DISABLED: the password is \
+         not the problem, the account is disabled.",
+        "Enable the account (Samba: smbpasswd -e USER or pdbedit -c \"[]\" -u USER; Windows: \
+         Enable-LocalUser / Enable-ADAccount; NAS appliances: the user list), or configure an \
+         account that is enabled.";
+    SMB_ACCOUNT_LOCKED_OUT =>
+        "The server refused the session setup with NT_STATUS_ACCOUNT_LOCKED_OUT: too many bad \
+         passwords locked the account.",
+        "Unlock the account (Samba: pdbedit -z -u USER and pdbedit -c \"[]\" -u USER; Windows: \
+         Unlock-ADAccount, or wait for the lockout duration), then find what keeps sending a \
+         wrong password (an old copy of the password in another source or client).";
+    SMB_ACCOUNT_EXPIRED =>
+        "The server refused the session setup with NT_STATUS_ACCOUNT_EXPIRED: the account's \
+         expiry date has passed.",
+        "Extend the account's expiry (Samba: pdbedit -K never -u USER; Windows: \
+         Set-ADAccountExpiration / Clear-ADAccountExpiration, or net user USER /expires:never).";
+    SMB_PASSWORD_EXPIRED =>
+        "The server refused the session setup with NT_STATUS_PASSWORD_EXPIRED or \
+         NT_STATUS_PASSWORD_MUST_CHANGE: the password is right but may not be used any more.",
+        "Set a new password for the account on the server and in the agent's secret, or mark \
+         a service account's password as never expiring (Windows: PasswordNeverExpires; Samba: \
+         pdbedit -c \"[X]\" -u USER, or clear 'must change at next logon').";
+    SMB_LOGON_RESTRICTED =>
+        "The server refused the session setup for a restriction on the account or its policy: \
+         logon hours, allowed workstations, no right to log on over the network, or \
+         NT_STATUS_ACCESS_DENIED.",
+        "The reason quotes the NT status. Allow this host (its name is the NTLM workstation \
+         name) in the account's workstation list, widen its logon hours, or grant 'Access this \
+         computer from the network'; on Windows, event 4625 in the server's Security log names \
+         the sub-status.";
+    SMB_NTLM_REFUSED =>
+        "The server does not accept NTLM authentication (NT_STATUS_NOT_SUPPORTED or \
+         NT_STATUS_NTLM_BLOCKED): it allows Kerberos only.",
+        "The agent authenticates with NTLMv2. Allow NTLM for this client on the server (Windows: \
+         'Network security: Restrict NTLM' exceptions for this host; Samba: ntlm auth = \
+         ntlmv2-only or yes), or use an SMB server that accepts it.";
     SMB_GUEST_FALLBACK =>
-        "The server also accepted a random wrong password (it maps bad passwords to guest), so \
-         the configured credentials prove nothing.",
-        "Turn off the mapping of bad passwords to guest on the server (Samba: map to guest = \
-         never or bad user; NAS appliances: disable guest access for the share), so that a \
-         wrong password fails instead of silently backing up what a guest may read.";
+        "The server let the session setup in as guest (SessionFlags IS_GUEST or IS_NULL): it \
+         maps bad passwords or unknown users to guest, so the configured credentials prove \
+         nothing.",
+        "Fix the credentials (a wrong password or unknown user is what lands as guest), and \
+         turn off the mapping of bad passwords to guest on the server (Samba: map to guest = \
+         never; NAS appliances: disable guest access), so that a wrong password fails instead \
+         of silently backing up what a guest may read.";
     SMB_SHARE_NOT_FOUND =>
         "The server has no share of that name (NT_STATUS_BAD_NETWORK_NAME).",
         "share_path starts with the share name (/SHARE or /SHARE/DIR). List the shares with \
@@ -176,9 +216,11 @@ catalogue! {
         "The directory after the share name in share_path does not exist or is a file.",
         "Fix share_path (/SHARE/DIR) or create the directory on the server.";
     SMB_CLIENT_ERROR =>
-        "The SMB client (libsmbclient) failed in a way the agent does not classify.",
-        "The reason carries libsmbclient's error. Check the server's logs for the same time, \
-         and that the runtime package libsmbclient is installed on this host.";
+        "The SMB session failed in a way the agent does not classify: an NT status it has no \
+         code for, a broken exchange, or an error of the SMB client (libsmbclient).",
+        "The reason carries the server's NT status or libsmbclient's error. Check the server's \
+         logs for the same time, and that the runtime package libsmbclient is installed on \
+         this host.";
 
     // ---- S3-compatible object storage ----
     TLS_UNTRUSTED =>

@@ -10,6 +10,15 @@ pub const STRICT_PORT: u16 = 4455;
 pub const GUEST_PORT: u16 = 4456;
 /// smbd with `server max protocol = NT1` (SMB1 only).
 pub const SMB1_PORT: u16 = 4457;
+/// smbd with `server signing = mandatory` and the accounts below.
+pub const SIGNED_PORT: u16 = 4458;
+/// smbd with `server max protocol = SMB2_10` (the agent signs with HMAC-SHA256).
+pub const SMB21_PORT: u16 = 4459;
+/// smbd with `server max protocol = SMB3_00` (AES-CMAC, the 3.0 key derivation).
+pub const SMB30_PORT: u16 = 4460;
+/// The password of every account on the signed server made in a state that refuses logons
+/// (smbdisabled, smblocked, smbkicked, smbnewpw, smbws).
+pub const ACCOUNT_PASSWORD: &str = "Acct0untPass";
 pub const USER: &str = "smbtest";
 pub const PASSWORD: &str = "S3cretPass";
 /// Logs on, but may not use [share].
@@ -46,5 +55,15 @@ pub fn source(name: &str, port: u16, share_path: &str, user: &str, password: &st
     format!(
         "[nas.{name}]\nprotocol = \"smb\"\nservers = [\"127.0.0.1:{port}\"]\n\
          share_path = \"{share_path}\"\nusername = \"{user}\"\npassword = \"{password}\"\n"
+    )
+}
+
+/// A `[nas.NAME]` SMB source with several servers (`host:port` each).
+pub fn source_servers(name: &str, servers: &[String], share_path: &str) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "[nas.{name}]\nprotocol = \"smb\"\nservers = [{}]\n\
+         share_path = \"{share_path}\"\nusername = \"{USER}\"\npassword = \"{PASSWORD}\"\n",
+        list.join(", ")
     )
 }

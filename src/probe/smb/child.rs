@@ -119,16 +119,6 @@ fn run(req: &Request, emit: &mut dyn FnMut(&Step)) {
         }
         return;
     }
-    // A server that lets a wrong password reach the share (as guest) proves nothing about
-    // the configured one.
-    let t0 = Instant::now();
-    let wrong = random_password();
-    let r = client(req, &req.share, &wrong).and_then(|c| stat_dir(&c, "/"));
-    let s = step(StepName::Guest, t0, r);
-    emit(&s);
-    if s.ok {
-        return;
-    }
     let t0 = Instant::now();
     let s = step(StepName::Path, t0, stat_dir(&main, &req.path));
     emit(&s);
@@ -138,9 +128,4 @@ fn run(req: &Request, emit: &mut dyn FnMut(&Step)) {
     let t0 = Instant::now();
     let r = main.list_dir(&req.path).map(|e| (true, Some(e.len())));
     emit(&step(StepName::List, t0, r));
-}
-
-fn random_password() -> String {
-    let bytes: [u8; 18] = rand::random();
-    format!("hbr-wrong-{}", hex::encode(bytes))
 }

@@ -134,16 +134,9 @@ pub fn dialect_name(d: u16) -> String {
     }
 }
 
-/// The name of an NT status the NEGOTIATE can fail with.
+/// The name of the NT status the NEGOTIATE failed with.
 pub fn status_name(status: u32) -> String {
-    match status {
-        0xC000_00BB => "STATUS_NOT_SUPPORTED".into(),
-        0xC000_000D => "STATUS_INVALID_PARAMETER".into(),
-        0xC000_0022 => "STATUS_ACCESS_DENIED".into(),
-        0xC000_0205 => "STATUS_INSUFF_SERVER_RESOURCES".into(),
-        0xC000_00CA => "STATUS_NETWORK_ACCESS_DENIED".into(),
-        other => format!("NT status 0x{other:08x}"),
-    }
+    super::session::status_name(status)
 }
 
 #[cfg(test)]
@@ -196,6 +189,6 @@ mod tests {
         assert!(matches!(parse(b"\xfeSMB"), Answer::NotSmb { .. }));
         assert!(frame_len(*b"HTTP").is_err());
         assert_eq!(dialect_name(0x0311), "3.1.1");
-        assert_eq!(status_name(0xC000_00BB), "STATUS_NOT_SUPPORTED");
+        assert_eq!(status_name(0xC000_00BB), "NT_STATUS_NOT_SUPPORTED");
     }
 }
