@@ -458,8 +458,19 @@ async fn etcd_strict_mode_locks_per_source_and_releases_after_the_pass() {
     let mut expected = all.clone();
     expected.retain(|n| n != &contested);
     exactly_once(&f, &expected);
-    // Leases were revoked: only the foreign key is left.
-    assert_eq!(etcd.keys("/hbr-source-agent/").await, vec![key.clone()]);
+    // Leases were revoked: only the foreign lock is left (the probe results under reach/
+    // live on a lease of their own, until after the next pass).
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/sources/"))
+            .await,
+        vec![key.clone()]
+    );
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/reach/"))
+            .await
+            .len(),
+        all.len() * MEMBERS.len()
+    );
 
     // The foreign holder lets go: the owner takes it on its next pass.
     etcd.delete(&key).await;
@@ -483,4 +494,182 @@ async fn etcd_unreachable_fails_the_pass_without_writing() {
         "{run:?}"
     );
     assert!(f.s.fake.data_sources().is_empty());
+}
+
+// ---- PARTIAL_REACHABILITY (strict mode) ----
+
+/// `agent_for(cfg)` as user and group nobody: the per-host difference is what that user may
+/// read, as on hosts where the agent's user lacks access to a mount that root has.
+fn as_nobody(agent: tokio::process::Command) -> tokio::process::Command {
+    let std = agent.as_std();
+    let mut c = tokio::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std.get_program())
+        .args(std.get_args())
+        .env_clear()
+        .kill_on_drop(true);
+    for (k, v) in std.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c
+}
+
+fn reach_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {report}"))["reach"]
+        .clone()
+}
+
+/// Three hosts; the one running as nobody cannot read the source's directory. The owner's
+/// report names exactly that host (and, before the third host has published, the third as
+/// unknown); the flag clears when the host can read it; a dead member is not counted.
+#[tokio::test]
+async fn partial_reachability_names_the_live_members_that_cannot_reach_a_source() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run one agent as another user; CI runs as root");
+        return;
+    }
+    let etcd = fleet_etcd::Etcd::start().await;
+    let f = Fleet::new(0).await;
+    let (owner_host, blind, third) = (MEMBERS[0], MEMBERS[1], MEMBERS[2]);
+    let name = (0..100)
+        .map(|i| format!("lake-{i}"))
+        .find(|n| owner(&MEMBERS, n) == Some(owner_host))
+        .unwrap();
+    let names = vec![name.clone()];
+    let dir = f.data.path().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("file"), "x").unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    // nobody may traverse to its config and its state directory, and to the data's parent;
+    // the data directory itself is root's alone.
+    mode(f.s.dir.path(), 0o755).unwrap();
+    mode(f.data.path(), 0o755).unwrap();
+    mode(&dir, 0o700).unwrap();
+    let extra = format!(
+        "coordination = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_lease_ttl = \"10s\"\n",
+        etcd.endpoint()
+    );
+    let blind_cfg = f.config_for(blind, &names, &extra);
+    let blind_dir = blind_cfg.parent().unwrap().to_path_buf();
+    mode(&blind_dir, 0o755).unwrap();
+    mode(&blind_cfg, 0o644).unwrap();
+    std::fs::create_dir_all(blind_dir.join("state")).unwrap();
+    rustix::fs::chown(
+        blind_dir.join("state").as_path(),
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let blind_apply = || async {
+        let out = as_nobody(f.s.agent_for(&blind_cfg))
+            .args(["apply", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let run = Run::from(out);
+        let json: serde_json::Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+        (run, json)
+    };
+
+    // The blind host probes and publishes its failure; it does not own the source.
+    let (run, report) = blind_apply().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(outcomes(&report)[&name].0, "probe_failed", "{run:?}");
+    let key = format!("/hbr-source-agent/{CLUSTER}/reach/{name}/{blind}");
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/reach/"))
+            .await,
+        std::slice::from_ref(&key)
+    );
+    let published = etcd.get(&key).await.unwrap();
+    let published: serde_json::Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["ok"], false);
+    assert_eq!(published["code"], "PATH_NOT_READABLE");
+    // Outcome and code only: never the reason text (which quotes the OS or a server).
+    assert_eq!(
+        published.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["at", "code", "ok", "spec"]
+    );
+
+    // The owner registers it and names the blind host; the third has not reported yet.
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (outcome, detail) = &outcomes(&report)[&name];
+    assert_eq!(outcome, "added", "{detail}");
+    assert_eq!(
+        reach_of(&report, &name),
+        serde_json::json!({
+            "code": "PARTIAL_REACHABILITY",
+            "unreachable": { blind: "PATH_NOT_READABLE" },
+            "reachable": [owner_host],
+            "unknown": [third],
+        })
+    );
+    assert_eq!(
+        detail,
+        &format!(
+            "PARTIAL_REACHABILITY: unreachable from {blind} (PATH_NOT_READABLE); reachable from \
+             {owner_host}; no current probe result from {third}"
+        )
+    );
+    exactly_once(&f, &names);
+
+    // The third host reports: no longer unknown. Non-owners carry no reach of their own.
+    let (run, report) = f.apply(third, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(reach_of(&report, &name).is_null(), "{report}");
+    let (_, report) = f.apply(owner_host, &names, &extra).await;
+    let reach = reach_of(&report, &name);
+    assert_eq!(
+        reach["unreachable"],
+        serde_json::json!({ blind: "PATH_NOT_READABLE" })
+    );
+    assert_eq!(reach["reachable"], serde_json::json!([owner_host, third]));
+    assert_eq!(reach["unknown"], serde_json::json!([]));
+
+    // The blind host gets access: the flag clears.
+    mode(&dir, 0o755).unwrap();
+    let (run, _) = blind_apply().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let reach = reach_of(&report, &name);
+    assert!(reach["code"].is_null(), "{reach}");
+    assert_eq!(reach["unreachable"], serde_json::json!({}));
+    assert_eq!(
+        outcomes(&report)[&name],
+        ("in_sync".to_string(), String::new())
+    );
+
+    // It loses access again and then dies: a member that is not live is not counted, even
+    // with its failure still published.
+    mode(&dir, 0o700).unwrap();
+    let (run, _) = blind_apply().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let mut dead = StoredClient::live(blind, CLUSTER);
+    dead.status = "UNKNOWN".into();
+    dead.last_heart_beat_time -= 3600;
+    f.s.fake.set_client(dead);
+    assert!(etcd.get(&key).await.is_some());
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        reach_of(&report, &name),
+        serde_json::json!({
+            "code": null,
+            "unreachable": {},
+            "reachable": [owner_host, third],
+            "unknown": [],
+        })
+    );
+    exactly_once(&f, &names);
 }
