@@ -21,7 +21,7 @@ use crate::probe::{self, ProbeReport};
 use crate::state::{ProbeSummary, SourceState, State, StateStore};
 
 /// What the reconciler needs from HBR. The real client implements it; unit tests use a map.
-pub trait Registry {
+pub trait Registry: Sync {
     type Error: std::fmt::Display;
 
     /// True when the request may or may not have taken effect (sent, then no answer).
@@ -44,6 +44,23 @@ pub trait Registry {
         data_source_id: &str,
         req: &DataSourceRequest,
     ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+
+    /// The data sources a pass that may write `names` and checks the orphans `ids` needs:
+    /// at least every one named exactly one of `names` or with one of `ids`, possibly more
+    /// (the map implementation lists everything). Nothing when both are empty.
+    fn describe_for(
+        &self,
+        cluster_id: &str,
+        names: &[String],
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<RemoteDataSource>, Self::Error>> + Send {
+        async move {
+            if names.is_empty() && ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.describe(cluster_id).await
+        }
+    }
 
     /// Fleet mode: the client group's backup clients (DescribeBackupClients, all pages).
     fn backup_clients(
@@ -296,12 +313,30 @@ pub async fn run_pass<R: Registry>(
         cfg.agent.probe_timeout,
     );
     let mut finished: Vec<ProbeReport> = Vec::new();
+    // Orphans of this client group are looked up by id (their registration may be gone).
+    let orphan_ids: Vec<String> = if state.cluster_id == cluster_id {
+        state
+            .sources
+            .iter()
+            .filter(|(name, _)| !cfg.sources.contains_key(*name))
+            .filter_map(|(_, e)| e.data_source_id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let remote = {
+        // Membership first: only the sources this host may write are read from HBR (none at
+        // all on a host that owns none), so the fleet's describe volume stays bounded.
         let describe = async {
-            tokio::join!(
-                registry.describe(&cluster_id),
-                fleet_view(cfg, registry, &cluster_id, mode)
-            )
+            let ownership = match fleet_view(cfg, registry, &cluster_id, mode).await {
+                Ok(o) => o,
+                Err(e) => return (Ok(Vec::new()), Err(e), Vec::new()),
+            };
+            let names = ownership.owned(wanted.iter().map(|s| s.name.as_str()));
+            let remote = registry
+                .describe_for(&cluster_id, &names, &orphan_ids)
+                .await;
+            (remote, Ok(ownership), names)
         };
         tokio::pin!(describe);
         loop {
@@ -311,7 +346,7 @@ pub async fn run_pass<R: Registry>(
             }
         }
     };
-    let (remote, ownership) = remote;
+    let (remote, ownership, names) = remote;
     let remote = remote.map_err(|e| PassError::Describe {
         cluster_id: cluster_id.clone(),
         message: e.to_string(),
@@ -321,7 +356,7 @@ pub async fn run_pass<R: Registry>(
     // holder, landed after the first describe, is seen before this host adds.
     let remote = match &lease {
         Some(_) => registry
-            .describe(&cluster_id)
+            .describe_for(&cluster_id, &names, &orphan_ids)
             .await
             .map_err(|e| PassError::Describe {
                 cluster_id: cluster_id.clone(),
@@ -857,6 +892,15 @@ impl Registry for crate::hbr::client::HbrClient {
 
     async fn describe(&self, cluster_id: &str) -> Result<Vec<RemoteDataSource>, Self::Error> {
         self.describe_data_sources(cluster_id).await
+    }
+
+    async fn describe_for(
+        &self,
+        cluster_id: &str,
+        names: &[String],
+        ids: &[String],
+    ) -> Result<Vec<RemoteDataSource>, Self::Error> {
+        self.describe_data_sources_for(cluster_id, names, ids).await
     }
 
     async fn add(&self, req: &DataSourceRequest) -> Result<(String, String), Self::Error> {

@@ -673,3 +673,115 @@ async fn partial_reachability_names_the_live_members_that_cannot_reach_a_source(
     );
     exactly_once(&f, &names);
 }
+
+// ---- bounded DescribeDataSources ----
+
+/// With many data sources in the group, an owner reads the first page and then looks up
+/// each name it may write (exact match on the agent's side: a longer name containing it is
+/// not taken for it); a live member that owns none of its sources reads nothing. Adoption by
+/// name and exactly-once still hold.
+#[tokio::test]
+async fn owners_look_up_their_names_and_a_member_owning_none_lists_nothing() {
+    use common::fake_hbr::StoredDataSource;
+    let f = Fleet::new(0).await;
+    let (a, b, c) = (MEMBERS[0], MEMBERS[1], MEMBERS[2]);
+    let pick = |who: &str, n: usize| -> Vec<String> {
+        (0..200)
+            .map(|i| format!("vol-{i:03}"))
+            .filter(|s| owner(&MEMBERS, s) == Some(who))
+            .take(n)
+            .collect()
+    };
+    let names: Vec<String> = pick(a, 2).into_iter().chain(pick(b, 2)).collect();
+    for n in &names {
+        std::fs::create_dir_all(f.data.path().join(n)).unwrap();
+    }
+    // 300 other data sources: a full listing is 4 pages.
+    for i in 0..300 {
+        f.s.fake.insert_data_source(StoredDataSource::new(
+            "COMMON_FILE_SYSTEM",
+            &format!("other-{i}"),
+            CLUSTER,
+        ));
+    }
+    // A longer name that contains one of a's names, and one of b's already registered.
+    let (a0, b0) = (&names[0], &names[2]);
+    f.s.fake.insert_data_source(StoredDataSource::new(
+        "COMMON_FILE_SYSTEM",
+        &format!("{a0}-old"),
+        CLUSTER,
+    ));
+    let mut existing = StoredDataSource::new("COMMON_FILE_SYSTEM", b0, CLUSTER);
+    existing.connection_info = Some(format!(
+        "{{\"path\":\"{}\"}}",
+        f.data.path().join(b0).display()
+    ));
+    let existing_id = f.s.fake.insert_data_source(existing);
+
+    let describes = |f: &Fleet| -> Vec<(Option<String>, Option<String>)> {
+        f.s.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some("DescribeDataSources"))
+            .map(|r| {
+                assert_eq!(r.status, Some(200), "{r:?}");
+                assert_eq!(r.param("ClusterId"), Some(CLUSTER));
+                assert_eq!(r.param("PageSize"), Some("99"));
+                (
+                    r.param("PageNumber").map(str::to_string),
+                    r.param("DataSourceName").map(str::to_string),
+                )
+            })
+            .collect()
+    };
+
+    // c owns none of the four: no DescribeDataSources at all.
+    f.s.fake.clear_requests();
+    let (run, report) = f.apply(c, &names, "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        outcomes(&report).values().all(|(o, _)| o == "other_owner"),
+        "{report}"
+    );
+    assert_eq!(describes(&f), []);
+
+    // a: page 1 of the listing, then one lookup per owned name (2 < the 3 pages left).
+    for (me, mine) in [(a, &names[..2]), (b, &names[2..])] {
+        f.s.fake.clear_requests();
+        let (run, report) = f.apply(me, &names, "").await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let mut seen = describes(&f);
+        seen.sort();
+        let mut want: Vec<(Option<String>, Option<String>)> = mine
+            .iter()
+            .map(|n| (Some("1".to_string()), Some(n.clone())))
+            .collect();
+        want.push((Some("1".into()), None));
+        want.sort();
+        assert_eq!(seen, want, "{me}");
+        let got = outcomes(&report);
+        for n in mine {
+            let (outcome, detail) = &got[n];
+            if n == b0 {
+                assert_eq!(outcome, "in_sync", "{detail}");
+                assert_eq!(
+                    detail,
+                    "adopted an existing registration with the same settings"
+                );
+            } else {
+                assert_eq!(outcome, "added", "{n}: {detail}");
+            }
+        }
+    }
+    let reg = f.registered();
+    for n in &names {
+        assert_eq!(reg.get(n), Some(&1), "{n}: {reg:?}");
+    }
+    assert_eq!(reg.get(&format!("{a0}-old")), Some(&1));
+    // b's pass (the last one): one add for its new source, none for the adopted one.
+    assert_eq!(f.count("AddDataSource"), 1);
+    assert!(
+        f.state_of(b)["sources"][b0]["data_source_id"] == existing_id.as_str(),
+        "adopted by id"
+    );
+}
