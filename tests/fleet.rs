@@ -636,6 +636,63 @@ async fn partial_reachability_names_the_live_members_that_cannot_reach_a_source(
     assert_eq!(reach["reachable"], serde_json::json!([owner_host, third]));
     assert_eq!(reach["unknown"], serde_json::json!([]));
 
+    // The owner as a daemon: `status`, STATUS= summary and the metric say the same.
+    let runtime = f.s.dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let mut daemon =
+        f.s.agent_for(&f.config_for(owner_host, &names, &extra))
+            .args(["run", "--runtime-dir"])
+            .arg(&runtime)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let status = {
+        let runtime = runtime.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = runtime.clone();
+            let st = tokio::task::spawn_blocking(move || {
+                hbr_source_agent::control::query_status(&r).ok()
+            })
+            .await
+            .unwrap();
+            if let Some(st) = st.filter(|st| st.last_pass_at.is_some()) {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no status from the daemon"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let metrics = tokio::task::spawn_blocking({
+        let sock = runtime.join("agent.sock");
+        move || hbr_source_agent::control::get(&sock, "/metrics").unwrap()
+    })
+    .await
+    .unwrap();
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    assert!(
+        status
+            .summary
+            .ends_with(&format!("; {name}: PARTIAL_REACHABILITY")),
+        "{status:?}"
+    );
+    let reach = status.sources[0].reach.clone().expect("reach in status");
+    assert_eq!(
+        reach.unreachable,
+        BTreeMap::from([(blind.to_string(), "PATH_NOT_READABLE".to_string())])
+    );
+    assert!(
+        metrics.contains(&format!(
+            "hbr_source_unreachable_members{{source=\"{name}\"}} 1"
+        )),
+        "{metrics}"
+    );
+
     // The blind host gets access: the flag clears.
     mode(&dir, 0o755).unwrap();
     let (run, _) = blind_apply().await;
