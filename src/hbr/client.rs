@@ -1280,6 +1280,98 @@ mod tests {
         }
     }
 
+    /// 250 data sources `n0`…`n249` in 3 pages; the `DataSourceName` filter is a substring
+    /// match, as the fake HBR's.
+    fn filtered_page(s: &Seen) -> String {
+        let p: usize = s.param("PageNumber").unwrap().parse().unwrap();
+        match s.param("DataSourceName") {
+            Some(name) => {
+                let hits: Vec<usize> = (0..250)
+                    .filter(|i| format!("n{i}").contains(name))
+                    .collect();
+                let items: Vec<Value> = hits
+                    .iter()
+                    .map(|i| serde_json::json!({"DataSourceId": format!("ds-{i}"), "DataSourceName": format!("n{i}"), "DataSourceType": "COMMON_NAS"}))
+                    .collect();
+                serde_json::json!({"Success": true, "Code": "200", "RequestId": "R", "TotalCount": hits.len(), "PageSize": 99, "DataSources": items}).to_string()
+            }
+            None => match p {
+                1 => page(99, 0, 250),
+                2 => page(99, 99, 250),
+                _ => page(52, 198, 250),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn describe_for_looks_up_few_names_exactly_and_lists_for_many() {
+        // One name, 2 pages left: page 1, then the name; `n24` also matches n240…n249, which
+        // are not taken for it.
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        let got = c
+            .describe_data_sources_for("cl-1", &["n24".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|d| d.data_source_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ds-24"]
+        );
+        let asked: Vec<(Option<String>, Option<String>)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.param("PageNumber").map(str::to_string),
+                    s.param("DataSourceName").map(str::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                (Some("1".into()), None),
+                (Some("1".into()), Some("n24".into()))
+            ]
+        );
+
+        // Two names, 2 pages left: the listing goes on from page 2 (page 1 is not read twice).
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        let got = c
+            .describe_data_sources_for("cl-1", &["n1".into(), "n2".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 250);
+        let pages: Vec<Option<String>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                assert_eq!(s.param("DataSourceName"), None);
+                s.param("PageNumber").map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            pages,
+            [Some("1".into()), Some("2".into()), Some("3".into())]
+        );
+
+        // Nothing needed: nothing asked.
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        assert!(
+            c.describe_data_sources_for("cl-1", &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(seen.lock().unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn describe_starts_over_when_the_list_shifts_under_it() {
         // Page 2 of the first listing comes after a removal elsewhere (TotalCount 150 → 149):
