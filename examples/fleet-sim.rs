@@ -32,9 +32,10 @@ fn main() {
     println!(
         "| mode | passes (incl. first-pass re-reads) | kills | owner moves | deferred | duplicates | unregistered | unowned | max wait | \
          DescribeBackupClients/min (mean, peak) | DescribeDataSources/min (mean steady, peak) | \
+         same passes, every host listing everything (mean steady, peak) | \
          AddDataSource/min (mean, peak) | seconds |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (strict, guard) in [(false, false), (false, true), (true, true)] {
         let cfg = SimConfig {
             strict,
@@ -45,7 +46,7 @@ fn main() {
         let r = sim::run(&cfg);
         let steady = (base.pass_interval_s / 60) as usize;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {}s | {:.0}, {} | {:.0}, {} | {:.1}, {} | {:.1} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {}s | {:.0}, {} | {:.0}, {} | {:.0}, {} | {:.1}, {} | {:.1} |",
             match (strict, guard) {
                 (true, _) => "etcd",
                 (false, true) => "hbr",
@@ -63,6 +64,8 @@ fn main() {
             r.peak(|m| m.describe_backup_clients),
             r.mean_from(steady, |m| m.describe_data_sources),
             r.peak(|m| m.describe_data_sources),
+            r.mean_from(steady, |m| m.describe_data_sources_full),
+            r.peak(|m| m.describe_data_sources_full),
             r.mean(|m| m.add_data_source),
             r.peak(|m| m.add_data_source),
             started.elapsed().as_secs_f64(),

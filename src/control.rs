@@ -51,6 +51,9 @@ pub struct SourceStatus {
     pub last_change: String,
     /// The reason of a failure outcome.
     pub last_error: Option<String>,
+    /// Fleet strict mode, on the owner: how the live members reach it (`PARTIAL_REACHABILITY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reach: Option<crate::fleet::reach::Reach>,
 }
 
 pub type SharedStatus = Arc<Mutex<DaemonStatus>>;

@@ -445,6 +445,7 @@ impl Daemon {
                     .map(|f| f.code.to_string()),
                 last_change: self.changed_at.get(&r.name).cloned().unwrap_or_default(),
                 last_error: r.outcome.is_failure().then(|| r.detail.clone()),
+                reach: r.reach.clone(),
             })
             .collect();
         let mut st = self.status.lock().unwrap_or_else(|p| p.into_inner());

@@ -62,6 +62,7 @@ struct Published {
     duration: BTreeSet<SourceLayer>,
     failure: BTreeSet<SourceCode>,
     in_sync: BTreeSet<SourceOnly>,
+    unreachable: BTreeSet<SourceOnly>,
 }
 
 pub struct Metrics {
@@ -70,6 +71,7 @@ pub struct Metrics {
     probe_duration: Family<SourceLayer, FloatGauge>,
     probe_failure: Family<SourceCode, Gauge>,
     source_in_sync: Family<SourceOnly, Gauge>,
+    unreachable_members: Family<SourceOnly, Gauge>,
     reload_ok: Gauge,
     reload_time: FloatGauge,
     hbr_requests: Family<ActionCode, Counter>,
@@ -91,6 +93,7 @@ impl Metrics {
         let probe_duration = Family::<SourceLayer, FloatGauge>::default();
         let probe_failure = Family::<SourceCode, Gauge>::default();
         let source_in_sync = Family::<SourceOnly, Gauge>::default();
+        let unreachable_members = Family::<SourceOnly, Gauge>::default();
         let reload_ok = Gauge::default();
         let reload_time = FloatGauge::default();
         let hbr_requests = Family::<ActionCode, Counter>::default();
@@ -116,6 +119,12 @@ impl Metrics {
             "source_in_sync",
             "1 if HBR holds the source as configured, 0 otherwise",
             source_in_sync.clone(),
+        );
+        registry.register(
+            "hbr_source_unreachable_members",
+            "Fleet strict mode, on the source's owner: live members whose last probe of the \
+             source failed (PARTIAL_REACHABILITY when above 0 while the source is reachable)",
+            unreachable_members.clone(),
         );
         registry.register(
             "config_last_reload_successful",
@@ -144,6 +153,7 @@ impl Metrics {
             probe_duration,
             probe_failure,
             source_in_sync,
+            unreachable_members,
             reload_ok,
             reload_time,
             hbr_requests,
@@ -207,6 +217,15 @@ impl Metrics {
                     .set(i64::from(in_sync));
                 now.in_sync.insert(labels);
             }
+            if let Some(reach) = &r.reach {
+                let labels = SourceOnly {
+                    source: source.clone(),
+                };
+                self.unreachable_members
+                    .get_or_create(&labels)
+                    .set(i64::try_from(reach.unreachable.len()).unwrap_or(i64::MAX));
+                now.unreachable.insert(labels);
+            }
             let Some(probe) = &r.probe else { continue };
             let labels = SourceKind {
                 source: source.clone(),
@@ -248,6 +267,9 @@ impl Metrics {
         for l in old.in_sync.difference(&now.in_sync) {
             self.source_in_sync.remove(l);
         }
+        for l in old.unreachable.difference(&now.unreachable) {
+            self.unreachable_members.remove(l);
+        }
         *old = now;
     }
 }
@@ -274,6 +296,39 @@ mod tests {
         assert_eq!(bounded("a\"b"), "Other");
         assert_eq!(bounded(""), "Other");
         assert_eq!(bounded(&"x".repeat(65)), "Other");
+    }
+
+    #[test]
+    fn unreachable_members_follow_the_owner_s_reach_and_disappear_with_it() {
+        let m = Metrics::new();
+        let mut r = SourceResult {
+            name: "lake".into(),
+            kind: "filesystem",
+            data_source_type: "COMMON_FILE_SYSTEM".into(),
+            outcome: Outcome::InSync,
+            data_source_id: None,
+            detail: String::new(),
+            request_id: None,
+            probe: None,
+            params: None,
+            credential: false,
+            reach: Some(crate::fleet::reach::Reach {
+                code: Some("PARTIAL_REACHABILITY".into()),
+                unreachable: [("c-b".to_string(), "TCP_TIMEOUT".to_string())].into(),
+                reachable: vec!["c-a".into()],
+                unknown: vec![],
+            }),
+        };
+        m.publish([&r]);
+        assert!(
+            m.encode()
+                .contains("hbr_source_unreachable_members{source=\"lake\"} 1"),
+            "{}",
+            m.encode()
+        );
+        r.reach = None;
+        m.publish([&r]);
+        assert!(!m.encode().contains("hbr_source_unreachable_members{"));
     }
 
     #[test]

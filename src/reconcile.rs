@@ -21,7 +21,7 @@ use crate::probe::{self, ProbeReport};
 use crate::state::{ProbeSummary, SourceState, State, StateStore};
 
 /// What the reconciler needs from HBR. The real client implements it; unit tests use a map.
-pub trait Registry {
+pub trait Registry: Sync {
     type Error: std::fmt::Display;
 
     /// True when the request may or may not have taken effect (sent, then no answer).
@@ -44,6 +44,23 @@ pub trait Registry {
         data_source_id: &str,
         req: &DataSourceRequest,
     ) -> impl Future<Output = Result<String, Self::Error>> + Send;
+
+    /// The data sources a pass that may write `names` and checks the orphans `ids` needs:
+    /// at least every one named exactly one of `names` or with one of `ids`, possibly more
+    /// (the map implementation lists everything). Nothing when both are empty.
+    fn describe_for(
+        &self,
+        cluster_id: &str,
+        names: &[String],
+        ids: &[String],
+    ) -> impl Future<Output = Result<Vec<RemoteDataSource>, Self::Error>> + Send {
+        async move {
+            if names.is_empty() && ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.describe(cluster_id).await
+        }
+    }
 
     /// Fleet mode: the client group's backup clients (DescribeBackupClients, all pages).
     fn backup_clients(
@@ -136,6 +153,10 @@ pub struct SourceResult {
     pub params: Option<BTreeMap<String, String>>,
     /// Whether a Credential is sent (its value never is shown).
     pub credential: bool,
+    /// Fleet strict mode, on the owner: how the live members reach the source
+    /// (`PARTIAL_REACHABILITY`, docs/fleet.md).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reach: Option<crate::fleet::reach::Reach>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -191,6 +212,16 @@ impl PassReport {
                 .filter(|_| s.outcome == Outcome::ProbeFailed)
                 .map_or_else(|| s.outcome.as_str().to_string(), |f| f.code.to_string());
             out.push_str(&format!("; {}: {what}", s.name));
+        }
+        for s in desired
+            .iter()
+            .filter(|s| s.reach.as_ref().is_some_and(|r| r.partial()))
+        {
+            out.push_str(&format!(
+                "; {}: {}",
+                s.name,
+                crate::probe::Code::PARTIAL_REACHABILITY
+            ));
         }
         out
     }
@@ -282,12 +313,30 @@ pub async fn run_pass<R: Registry>(
         cfg.agent.probe_timeout,
     );
     let mut finished: Vec<ProbeReport> = Vec::new();
+    // Orphans of this client group are looked up by id (their registration may be gone).
+    let orphan_ids: Vec<String> = if state.cluster_id == cluster_id {
+        state
+            .sources
+            .iter()
+            .filter(|(name, _)| !cfg.sources.contains_key(*name))
+            .filter_map(|(_, e)| e.data_source_id.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     let remote = {
+        // Membership first: only the sources this host may write are read from HBR (none at
+        // all on a host that owns none), so the fleet's describe volume stays bounded.
         let describe = async {
-            tokio::join!(
-                registry.describe(&cluster_id),
-                fleet_view(cfg, registry, &cluster_id, mode)
-            )
+            let ownership = match fleet_view(cfg, registry, &cluster_id, mode).await {
+                Ok(o) => o,
+                Err(e) => return (Ok(Vec::new()), Err(e), Vec::new()),
+            };
+            let names = ownership.owned(wanted.iter().map(|s| s.name.as_str()));
+            let remote = registry
+                .describe_for(&cluster_id, &names, &orphan_ids)
+                .await;
+            (remote, Ok(ownership), names)
         };
         tokio::pin!(describe);
         loop {
@@ -297,7 +346,7 @@ pub async fn run_pass<R: Registry>(
             }
         }
     };
-    let (remote, ownership) = remote;
+    let (remote, ownership, names) = remote;
     let remote = remote.map_err(|e| PassError::Describe {
         cluster_id: cluster_id.clone(),
         message: e.to_string(),
@@ -307,7 +356,7 @@ pub async fn run_pass<R: Registry>(
     // holder, landed after the first describe, is seen before this host adds.
     let remote = match &lease {
         Some(_) => registry
-            .describe(&cluster_id)
+            .describe_for(&cluster_id, &names, &orphan_ids)
             .await
             .map_err(|e| PassError::Describe {
                 cluster_id: cluster_id.clone(),
@@ -372,6 +421,7 @@ pub async fn run_pass<R: Registry>(
         results.push(result);
     }
     results.sort_by(|a, b| a.name.cmp(&b.name));
+    fleet_reach(cfg, mode, &ownership, &mut results).await;
     if let Some(lease) = lease {
         lease.release().await;
     }
@@ -401,6 +451,7 @@ pub async fn run_pass<R: Registry>(
             probe: None,
             params: None,
             credential: false,
+            reach: None,
         });
     }
     if mode == Mode::Apply {
@@ -465,6 +516,7 @@ async fn reconcile_source<R: Registry>(
         probe: probe.clone(),
         params: Some(req.params.clone()),
         credential: req.credential.is_some(),
+        reach: None,
     };
     let finish = |entry: &mut SourceState, result: SourceResult| {
         entry.outcome = result.outcome.as_str().into();
@@ -656,6 +708,12 @@ async fn fleet_view<R: Registry>(
         return Ok(crate::fleet::Ownership::All);
     };
     let me = crate::fleet::identity(settings)?;
+    if settings.etcd.is_none() {
+        static NOTED: std::sync::Once = std::sync::Once::new();
+        NOTED.call_once(|| {
+            tracing::info!("fleet: coordination = \"hbr\" has no shared store, so this host reports only its own reachability; PARTIAL_REACHABILITY needs coordination = \"etcd\" or the alert rule in docs/fleet.md");
+        });
+    }
     let settle = crate::fleet::settle_time(cfg);
     let read = || async {
         let clients = registry.backup_clients(cluster_id).await.map_err(|e| {
@@ -702,6 +760,81 @@ async fn fleet_view<R: Registry>(
         current,
         view_file.as_deref(),
     ))
+}
+
+/// Strict mode: publish this host's probe results (apply only) and, for the sources it owns,
+/// read the live members' and flag `PARTIAL_REACHABILITY`. Never fails the pass and never
+/// changes what was written: etcd trouble here costs the flag, not the registration.
+async fn fleet_reach(
+    cfg: &Config,
+    mode: Mode,
+    ownership: &crate::fleet::Ownership,
+    results: &mut [SourceResult],
+) {
+    use crate::fleet::reach;
+    let (Some(etcd), crate::fleet::Ownership::Fleet { me, live, .. }) =
+        (cfg.fleet.as_ref().and_then(|f| f.etcd.as_ref()), ownership)
+    else {
+        return;
+    };
+    let cluster_id = &cfg.agent.cluster_id;
+    let spec_of = |name: &str| {
+        cfg.sources
+            .get(name)
+            .map(|s| desired::spec_hash(&desired::request(s, cluster_id)))
+    };
+    let probed = |r: &SourceResult| {
+        r.probe
+            .as_ref()
+            .map(|p| (p.passed(), p.failure.as_ref().map(|f| f.code.to_string())))
+    };
+    if mode == Mode::Apply {
+        let at = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mine: BTreeMap<String, reach::Published> = results
+            .iter()
+            .filter_map(|r| {
+                let (ok, code) = probed(r)?;
+                let spec = spec_of(&r.name)?;
+                Some((r.name.clone(), reach::Published { ok, code, at, spec }))
+            })
+            .collect();
+        let ttl = reach::lease_ttl(
+            cfg.agent.reprobe_interval,
+            cfg.agent.probe_timeout,
+            etcd.lease_ttl,
+        );
+        if let Err(e) = reach::publish(etcd, cluster_id, me, ttl, &mine).await {
+            tracing::warn!(error = %e, "cannot publish this host's probe results to etcd; owners see it as unknown");
+        }
+    }
+    // Only the owner flags: the others' view of a source is their own probe.
+    let owned: Vec<String> = results
+        .iter()
+        .filter(|r| !matches!(r.outcome, Outcome::OtherOwner | Outcome::Orphaned))
+        .filter(|r| probed(r).is_some())
+        .map(|r| r.name.clone())
+        .collect();
+    let published = match reach::read(etcd, cluster_id, &owned).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the members' probe results from etcd; PARTIAL_REACHABILITY is not checked this pass");
+            return;
+        }
+    };
+    for r in results.iter_mut().filter(|r| owned.contains(&r.name)) {
+        let (Some(mine), Some(spec)) = (probed(r), spec_of(&r.name)) else {
+            continue;
+        };
+        let seen = reach::assess(me, mine, live, &spec, published.get(&r.name));
+        reach::log_change(&r.name, Some(&seen));
+        if seen.partial() {
+            if !r.detail.is_empty() {
+                r.detail.push_str("; ");
+            }
+            r.detail.push_str(&seen.message());
+        }
+        r.reach = Some(seen);
+    }
 }
 
 /// Strict mode, apply only: the etcd lock of every source this host owns by hashing.
@@ -759,6 +892,15 @@ impl Registry for crate::hbr::client::HbrClient {
 
     async fn describe(&self, cluster_id: &str) -> Result<Vec<RemoteDataSource>, Self::Error> {
         self.describe_data_sources(cluster_id).await
+    }
+
+    async fn describe_for(
+        &self,
+        cluster_id: &str,
+        names: &[String],
+        ids: &[String],
+    ) -> Result<Vec<RemoteDataSource>, Self::Error> {
+        self.describe_data_sources_for(cluster_id, names, ids).await
     }
 
     async fn add(&self, req: &DataSourceRequest) -> Result<(String, String), Self::Error> {
@@ -1065,6 +1207,7 @@ mod tests {
                     probe: None,
                     params: None,
                     credential: false,
+                    reach: None,
                 },
                 SourceResult {
                     name: "bad".into(),
@@ -1077,6 +1220,7 @@ mod tests {
                     probe: None,
                     params: None,
                     credential: false,
+                    reach: None,
                 },
             ],
         };

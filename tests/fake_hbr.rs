@@ -593,6 +593,18 @@ async fn bad_parameters_are_rejected() {
             vec![("PageNumber", "one")],
             "InvalidParameter",
         ),
+        // Filters HBR's DescribeDataSources model does not have (docs/hbr-api.md): a list of
+        // ids, and the SourceType of the backup-plan actions.
+        (
+            "DescribeDataSources",
+            vec![("DataSourceIds", r#"["ds-1"]"#)],
+            "InvalidParameter",
+        ),
+        (
+            "DescribeDataSources",
+            vec![("SourceType", "COMMON_NAS")],
+            "InvalidParameter",
+        ),
         ("UpdateDataSource", vec![], "MissingParameter"),
     ];
     for (action, params, code) in cases {

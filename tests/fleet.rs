@@ -458,8 +458,19 @@ async fn etcd_strict_mode_locks_per_source_and_releases_after_the_pass() {
     let mut expected = all.clone();
     expected.retain(|n| n != &contested);
     exactly_once(&f, &expected);
-    // Leases were revoked: only the foreign key is left.
-    assert_eq!(etcd.keys("/hbr-source-agent/").await, vec![key.clone()]);
+    // Leases were revoked: only the foreign lock is left (the probe results under reach/
+    // live on a lease of their own, until after the next pass).
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/sources/"))
+            .await,
+        vec![key.clone()]
+    );
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/reach/"))
+            .await
+            .len(),
+        all.len() * MEMBERS.len()
+    );
 
     // The foreign holder lets go: the owner takes it on its next pass.
     etcd.delete(&key).await;
@@ -483,4 +494,351 @@ async fn etcd_unreachable_fails_the_pass_without_writing() {
         "{run:?}"
     );
     assert!(f.s.fake.data_sources().is_empty());
+}
+
+// ---- PARTIAL_REACHABILITY (strict mode) ----
+
+/// `agent_for(cfg)` as user and group nobody: the per-host difference is what that user may
+/// read, as on hosts where the agent's user lacks access to a mount that root has.
+fn as_nobody(agent: tokio::process::Command) -> tokio::process::Command {
+    let std = agent.as_std();
+    let mut c = tokio::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std.get_program())
+        .args(std.get_args())
+        .env_clear()
+        .kill_on_drop(true);
+    for (k, v) in std.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c
+}
+
+fn reach_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
+    report["sources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {report}"))["reach"]
+        .clone()
+}
+
+/// Three hosts; the one running as nobody cannot read the source's directory. The owner's
+/// report names exactly that host (and, before the third host has published, the third as
+/// unknown); the flag clears when the host can read it; a dead member is not counted.
+#[tokio::test]
+async fn partial_reachability_names_the_live_members_that_cannot_reach_a_source() {
+    use std::os::unix::fs::PermissionsExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root to run one agent as another user; CI runs as root");
+        return;
+    }
+    let etcd = fleet_etcd::Etcd::start().await;
+    let f = Fleet::new(0).await;
+    let (owner_host, blind, third) = (MEMBERS[0], MEMBERS[1], MEMBERS[2]);
+    let name = (0..100)
+        .map(|i| format!("lake-{i}"))
+        .find(|n| owner(&MEMBERS, n) == Some(owner_host))
+        .unwrap();
+    let names = vec![name.clone()];
+    let dir = f.data.path().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("file"), "x").unwrap();
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    // nobody may traverse to its config and its state directory, and to the data's parent;
+    // the data directory itself is root's alone.
+    mode(f.s.dir.path(), 0o755).unwrap();
+    mode(f.data.path(), 0o755).unwrap();
+    mode(&dir, 0o700).unwrap();
+    let extra = format!(
+        "coordination = \"etcd\"\netcd_endpoints = [\"{}\"]\netcd_lease_ttl = \"10s\"\n",
+        etcd.endpoint()
+    );
+    let blind_cfg = f.config_for(blind, &names, &extra);
+    let blind_dir = blind_cfg.parent().unwrap().to_path_buf();
+    mode(&blind_dir, 0o755).unwrap();
+    mode(&blind_cfg, 0o644).unwrap();
+    std::fs::create_dir_all(blind_dir.join("state")).unwrap();
+    rustix::fs::chown(
+        blind_dir.join("state").as_path(),
+        Some(rustix::fs::Uid::from_raw(65534)),
+        Some(rustix::fs::Gid::from_raw(65534)),
+    )
+    .unwrap();
+    let blind_apply = || async {
+        let out = as_nobody(f.s.agent_for(&blind_cfg))
+            .args(["apply", "--json"])
+            .output()
+            .await
+            .unwrap();
+        let run = Run::from(out);
+        let json: serde_json::Value =
+            serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: {run:?}"));
+        (run, json)
+    };
+
+    // The blind host probes and publishes its failure; it does not own the source.
+    let (run, report) = blind_apply().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(outcomes(&report)[&name].0, "probe_failed", "{run:?}");
+    let key = format!("/hbr-source-agent/{CLUSTER}/reach/{name}/{blind}");
+    assert_eq!(
+        etcd.keys(&format!("/hbr-source-agent/{CLUSTER}/reach/"))
+            .await,
+        std::slice::from_ref(&key)
+    );
+    let published = etcd.get(&key).await.unwrap();
+    let published: serde_json::Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["ok"], false);
+    assert_eq!(published["code"], "PATH_NOT_READABLE");
+    // Outcome and code only: never the reason text (which quotes the OS or a server).
+    assert_eq!(
+        published.as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["at", "code", "ok", "spec"]
+    );
+
+    // The owner registers it and names the blind host; the third has not reported yet.
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (outcome, detail) = &outcomes(&report)[&name];
+    assert_eq!(outcome, "added", "{detail}");
+    assert_eq!(
+        reach_of(&report, &name),
+        serde_json::json!({
+            "code": "PARTIAL_REACHABILITY",
+            "unreachable": { blind: "PATH_NOT_READABLE" },
+            "reachable": [owner_host],
+            "unknown": [third],
+        })
+    );
+    assert_eq!(
+        detail,
+        &format!(
+            "PARTIAL_REACHABILITY: unreachable from {blind} (PATH_NOT_READABLE); reachable from \
+             {owner_host}; no current probe result from {third}"
+        )
+    );
+    exactly_once(&f, &names);
+
+    // The third host reports: no longer unknown. Non-owners carry no reach of their own.
+    let (run, report) = f.apply(third, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(reach_of(&report, &name).is_null(), "{report}");
+    let (_, report) = f.apply(owner_host, &names, &extra).await;
+    let reach = reach_of(&report, &name);
+    assert_eq!(
+        reach["unreachable"],
+        serde_json::json!({ blind: "PATH_NOT_READABLE" })
+    );
+    assert_eq!(reach["reachable"], serde_json::json!([owner_host, third]));
+    assert_eq!(reach["unknown"], serde_json::json!([]));
+
+    // The owner as a daemon: `status`, STATUS= summary and the metric say the same.
+    let runtime = f.s.dir.path().join("run");
+    std::fs::create_dir_all(&runtime).unwrap();
+    let mut daemon =
+        f.s.agent_for(&f.config_for(owner_host, &names, &extra))
+            .args(["run", "--runtime-dir"])
+            .arg(&runtime)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+    let status = {
+        let runtime = runtime.clone();
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = runtime.clone();
+            let st = tokio::task::spawn_blocking(move || {
+                hbr_source_agent::control::query_status(&r).ok()
+            })
+            .await
+            .unwrap();
+            if let Some(st) = st.filter(|st| st.last_pass_at.is_some()) {
+                break st;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no status from the daemon"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let metrics = tokio::task::spawn_blocking({
+        let sock = runtime.join("agent.sock");
+        move || hbr_source_agent::control::get(&sock, "/metrics").unwrap()
+    })
+    .await
+    .unwrap();
+    daemon.start_kill().unwrap();
+    daemon.wait().await.unwrap();
+    assert!(
+        status
+            .summary
+            .ends_with(&format!("; {name}: PARTIAL_REACHABILITY")),
+        "{status:?}"
+    );
+    let reach = status.sources[0].reach.clone().expect("reach in status");
+    assert_eq!(
+        reach.unreachable,
+        BTreeMap::from([(blind.to_string(), "PATH_NOT_READABLE".to_string())])
+    );
+    assert!(
+        metrics.contains(&format!(
+            "hbr_source_unreachable_members{{source=\"{name}\"}} 1"
+        )),
+        "{metrics}"
+    );
+
+    // The blind host gets access: the flag clears.
+    mode(&dir, 0o755).unwrap();
+    let (run, _) = blind_apply().await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let reach = reach_of(&report, &name);
+    assert!(reach["code"].is_null(), "{reach}");
+    assert_eq!(reach["unreachable"], serde_json::json!({}));
+    assert_eq!(
+        outcomes(&report)[&name],
+        ("in_sync".to_string(), String::new())
+    );
+
+    // It loses access again and then dies: a member that is not live is not counted, even
+    // with its failure still published.
+    mode(&dir, 0o700).unwrap();
+    let (run, _) = blind_apply().await;
+    assert_eq!(run.code, 1, "{run:?}");
+    let mut dead = StoredClient::live(blind, CLUSTER);
+    dead.status = "UNKNOWN".into();
+    dead.last_heart_beat_time -= 3600;
+    f.s.fake.set_client(dead);
+    assert!(etcd.get(&key).await.is_some());
+    let (run, report) = f.apply(owner_host, &names, &extra).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(
+        reach_of(&report, &name),
+        serde_json::json!({
+            "code": null,
+            "unreachable": {},
+            "reachable": [owner_host, third],
+            "unknown": [],
+        })
+    );
+    exactly_once(&f, &names);
+}
+
+// ---- bounded DescribeDataSources ----
+
+/// With many data sources in the group, an owner reads the first page and then looks up
+/// each name it may write (exact match on the agent's side: a longer name containing it is
+/// not taken for it); a live member that owns none of its sources reads nothing. Adoption by
+/// name and exactly-once still hold.
+#[tokio::test]
+async fn owners_look_up_their_names_and_a_member_owning_none_lists_nothing() {
+    use common::fake_hbr::StoredDataSource;
+    let f = Fleet::new(0).await;
+    let (a, b, c) = (MEMBERS[0], MEMBERS[1], MEMBERS[2]);
+    let pick = |who: &str, n: usize| -> Vec<String> {
+        (0..200)
+            .map(|i| format!("vol-{i:03}"))
+            .filter(|s| owner(&MEMBERS, s) == Some(who))
+            .take(n)
+            .collect()
+    };
+    let names: Vec<String> = pick(a, 2).into_iter().chain(pick(b, 2)).collect();
+    for n in &names {
+        std::fs::create_dir_all(f.data.path().join(n)).unwrap();
+    }
+    // 300 other data sources: a full listing is 4 pages.
+    for i in 0..300 {
+        f.s.fake.insert_data_source(StoredDataSource::new(
+            "COMMON_FILE_SYSTEM",
+            &format!("other-{i}"),
+            CLUSTER,
+        ));
+    }
+    // A longer name that contains one of a's names, and one of b's already registered.
+    let (a0, b0) = (&names[0], &names[2]);
+    f.s.fake.insert_data_source(StoredDataSource::new(
+        "COMMON_FILE_SYSTEM",
+        &format!("{a0}-old"),
+        CLUSTER,
+    ));
+    let mut existing = StoredDataSource::new("COMMON_FILE_SYSTEM", b0, CLUSTER);
+    existing.connection_info = Some(format!(
+        "{{\"path\":\"{}\"}}",
+        f.data.path().join(b0).display()
+    ));
+    let existing_id = f.s.fake.insert_data_source(existing);
+
+    let describes = |f: &Fleet| -> Vec<(Option<String>, Option<String>)> {
+        f.s.fake
+            .requests()
+            .into_iter()
+            .filter(|r| r.action.as_deref() == Some("DescribeDataSources"))
+            .map(|r| {
+                assert_eq!(r.status, Some(200), "{r:?}");
+                assert_eq!(r.param("ClusterId"), Some(CLUSTER));
+                assert_eq!(r.param("PageSize"), Some("99"));
+                (
+                    r.param("PageNumber").map(str::to_string),
+                    r.param("DataSourceName").map(str::to_string),
+                )
+            })
+            .collect()
+    };
+
+    // c owns none of the four: no DescribeDataSources at all.
+    f.s.fake.clear_requests();
+    let (run, report) = f.apply(c, &names, "").await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        outcomes(&report).values().all(|(o, _)| o == "other_owner"),
+        "{report}"
+    );
+    assert_eq!(describes(&f), []);
+
+    // a: page 1 of the listing, then one lookup per owned name (2 < the 3 pages left).
+    for (me, mine) in [(a, &names[..2]), (b, &names[2..])] {
+        f.s.fake.clear_requests();
+        let (run, report) = f.apply(me, &names, "").await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let mut seen = describes(&f);
+        seen.sort();
+        let mut want: Vec<(Option<String>, Option<String>)> = mine
+            .iter()
+            .map(|n| (Some("1".to_string()), Some(n.clone())))
+            .collect();
+        want.push((Some("1".into()), None));
+        want.sort();
+        assert_eq!(seen, want, "{me}");
+        let got = outcomes(&report);
+        for n in mine {
+            let (outcome, detail) = &got[n];
+            if n == b0 {
+                assert_eq!(outcome, "in_sync", "{detail}");
+                assert_eq!(
+                    detail,
+                    "adopted an existing registration with the same settings"
+                );
+            } else {
+                assert_eq!(outcome, "added", "{n}: {detail}");
+            }
+        }
+    }
+    let reg = f.registered();
+    for n in &names {
+        assert_eq!(reg.get(n), Some(&1), "{n}: {reg:?}");
+    }
+    assert_eq!(reg.get(&format!("{a0}-old")), Some(&1));
+    // b's pass (the last one): one add for its new source, none for the adopted one.
+    assert_eq!(f.count("AddDataSource"), 1);
+    assert!(
+        f.state_of(b)["sources"][b0]["data_source_id"] == existing_id.as_str(),
+        "adopted by id"
+    );
 }

@@ -46,12 +46,40 @@ pub struct Lease {
 }
 
 #[derive(Clone)]
-struct Etcd {
+pub(super) struct Etcd {
     http: reqwest::Client,
     endpoints: Vec<Url>,
 }
 
 impl Etcd {
+    pub(super) fn new(settings: &EtcdSettings) -> Result<Etcd, FleetError> {
+        crate::hbr::install_crypto_provider();
+        // Every call under a deadline: a hung etcd costs 5 s per endpoint, never the pass.
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .map_err(|e| FleetError::Etcd(e.to_string()))?;
+        Ok(Etcd {
+            http,
+            endpoints: settings.endpoints.clone(),
+        })
+    }
+
+    /// Grants a lease of `ttl` seconds; returns its ID.
+    pub(super) async fn grant(&self, ttl: u64) -> Result<i64, FleetError> {
+        let granted = self
+            .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
+            .await?;
+        int(granted.get("ID"))
+            .ok_or_else(|| FleetError::Etcd(format!("lease grant without an ID: {granted}")))
+    }
+
+    /// One transaction without a condition: `ops` (etcd `RequestOp`s) all succeed or fail
+    /// together. Callers keep `ops` under etcd's `--max-txn-ops` (default 128).
+    pub(super) async fn txn(&self, ops: Vec<Value>) -> Result<Value, FleetError> {
+        self.call("/v3/kv/txn", json!({ "success": ops })).await
+    }
+
     async fn call(&self, path: &str, body: Value) -> Result<Value, FleetError> {
         let mut last = String::from("no endpoint");
         for ep in &self.endpoints {
@@ -109,21 +137,9 @@ pub async fn acquire(
     me: &str,
     owned: &[String],
 ) -> Result<(Locks, Lease), FleetError> {
-    crate::hbr::install_crypto_provider();
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .map_err(|e| FleetError::Etcd(e.to_string()))?;
-    let etcd = Etcd {
-        http,
-        endpoints: settings.endpoints.clone(),
-    };
+    let etcd = Etcd::new(settings)?;
     let ttl = settings.lease_ttl.as_secs();
-    let granted = etcd
-        .call("/v3/lease/grant", json!({ "TTL": ttl.to_string() }))
-        .await?;
-    let id = int(granted.get("ID"))
-        .ok_or_else(|| FleetError::Etcd(format!("lease grant without an ID: {granted}")))?;
+    let id = etcd.grant(ttl).await?;
     let alive = LeaseAlive(Arc::new(AtomicBool::new(true)));
     let keepalive = {
         let (etcd, alive) = (etcd.clone(), alive.clone());

@@ -12,6 +12,7 @@
 //! This module decides who may write; it never writes to HBR itself and never deletes.
 
 pub mod etcd;
+pub mod reach;
 pub mod sim;
 
 use std::collections::BTreeSet;

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::Value;
 use time::OffsetDateTime;
 use url::Url;
@@ -25,6 +26,9 @@ const USER_AGENT: &str = concat!("hbr-source-agent/", env!("CARGO_PKG_VERSION"))
 pub const DESCRIBE_PAGE_SIZE: usize = 99;
 /// A server that keeps sending full pages is broken; stop there rather than loop for ever.
 const MAX_DESCRIBE_PAGES: usize = 1000;
+const DESCRIBE_DATA_SOURCES: &str = "DescribeDataSources";
+/// Name and id lookups in flight at once (one pass's own HBR calls, not the fleet's).
+const LOOKUP_CONCURRENCY: usize = 4;
 
 /// How often and how long to retry throttling, outages and network errors.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -323,10 +327,101 @@ impl HbrClient {
         &self,
         cluster_id: &str,
     ) -> Result<Vec<RemoteDataSource>, HbrError> {
+        self.describe_listing(&[("ClusterId", cluster_id)], None)
+            .await
+    }
+
+    /// The data sources of the group that matter to a pass that may write `names` and must
+    /// check `ids` (orphans): at least every data source named exactly one of `names` (all
+    /// of them: a duplicate must be seen) or with one of `ids`; possibly more. Nothing is
+    /// called when both are empty. Otherwise the first page of the full listing says how
+    /// many pages there are; when fewer lookups than the remaining pages are needed, each
+    /// name is looked up with HBR's `DataSourceName` filter (documented as a filter, not an
+    /// exact match: the answer is compared exactly here, all its pages read) and each id
+    /// with `DataSourceId`; else the listing goes on.
+    pub async fn describe_data_sources_for(
+        &self,
+        cluster_id: &str,
+        names: &[String],
+        ids: &[String],
+    ) -> Result<Vec<RemoteDataSource>, HbrError> {
+        if names.is_empty() && ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self
+            .describe_page(
+                DESCRIBE_DATA_SOURCES,
+                &[("ClusterId", cluster_id)],
+                1,
+                ("DataSources", "DataSource"),
+            )
+            .await?;
+        let pages = match first.total {
+            Some(t) if !first.is_last(1) => {
+                usize::try_from(t.div_ceil(first.page_size as u64)).unwrap_or(usize::MAX)
+            }
+            // One page holds it all, or HBR gives no total: go on listing.
+            _ => 0,
+        };
+        if pages == 0 || names.len() + ids.len() >= pages - 1 {
+            return self
+                .describe_listing(&[("ClusterId", cluster_id)], Some(first))
+                .await;
+        }
+        // A few lookups at a time: bounded like every other fan-out of the agent. (Futures
+        // built up front: a closure inside the stream would make the pass's future not Send.)
+        let lookups: Vec<_> = names
+            .iter()
+            .map(|n| self.lookup(cluster_id, "DataSourceName", n))
+            .chain(
+                ids.iter()
+                    .map(|i| self.lookup(cluster_id, "DataSourceId", i)),
+            )
+            .collect();
+        let found: Vec<Vec<RemoteDataSource>> = futures::stream::iter(lookups)
+            .buffer_unordered(LOOKUP_CONCURRENCY)
+            .try_collect()
+            .await?;
+        let mut all: Vec<RemoteDataSource> = Vec::new();
+        for d in found.into_iter().flatten() {
+            if !all.iter().any(|a| a.data_source_id == d.data_source_id) {
+                all.push(d);
+            }
+        }
+        Ok(all)
+    }
+
+    /// The data sources whose `key` (`DataSourceName` or `DataSourceId`) is exactly `value`:
+    /// HBR's filter, all pages, compared exactly here.
+    async fn lookup(
+        &self,
+        cluster_id: &str,
+        key: &'static str,
+        value: &str,
+    ) -> Result<Vec<RemoteDataSource>, HbrError> {
+        let hits = self
+            .describe_listing(&[("ClusterId", cluster_id), (key, value)], None)
+            .await?;
+        Ok(hits
+            .into_iter()
+            .filter(|d| match key {
+                "DataSourceName" => d.data_source_name == value,
+                _ => d.data_source_id == value,
+            })
+            .collect())
+    }
+
+    /// A DescribeDataSources listing with `base` filters, all pages, started over when
+    /// `TotalCount` shifts; `first` is its page 1 if already read.
+    async fn describe_listing(
+        &self,
+        base: &[(&str, &str)],
+        mut first: Option<Page>,
+    ) -> Result<Vec<RemoteDataSource>, HbrError> {
         const ATTEMPTS: usize = 3;
         let mut last = None;
         for _ in 0..ATTEMPTS {
-            match self.describe_pages(cluster_id).await? {
+            match self.describe_pages(base, first.take()).await? {
                 Listing::Complete(all) => return Ok(all),
                 Listing::Shifted { first, later } => {
                     tracing::debug!(
@@ -340,7 +435,7 @@ impl HbrClient {
         }
         let (first, later) = last.unwrap_or_default();
         Err(HbrError::Decode {
-            action: "DescribeDataSources".into(),
+            action: DESCRIBE_DATA_SOURCES.into(),
             http_status: 200,
             request_id: String::new(),
             message: format!(
@@ -350,15 +445,26 @@ impl HbrClient {
         })
     }
 
-    async fn describe_pages(&self, cluster_id: &str) -> Result<Listing, HbrError> {
-        const ACTION: &str = "DescribeDataSources";
-        let base = [("ClusterId", cluster_id)];
+    async fn describe_pages(
+        &self,
+        base: &[(&str, &str)],
+        mut first: Option<Page>,
+    ) -> Result<Listing, HbrError> {
         let mut all: Vec<RemoteDataSource> = Vec::new();
         let mut first_total = None;
         for number in 1..=MAX_DESCRIBE_PAGES {
-            let page = self
-                .describe_page(ACTION, &base, number, ("DataSources", "DataSource"))
-                .await?;
+            let page = match first.take() {
+                Some(p) if number == 1 => p,
+                _ => {
+                    self.describe_page(
+                        DESCRIBE_DATA_SOURCES,
+                        base,
+                        number,
+                        ("DataSources", "DataSource"),
+                    )
+                    .await?
+                }
+            };
             match (first_total, page.total) {
                 (None, t) => first_total = Some(t),
                 (Some(Some(first)), Some(later)) if first != later => {
@@ -377,7 +483,7 @@ impl HbrClient {
                 return Ok(Listing::Complete(all));
             }
         }
-        Err(paging_did_not_end(ACTION))
+        Err(paging_did_not_end(DESCRIBE_DATA_SOURCES))
     }
 
     /// The local backup clients (`ClientType=LOCAL_CLIENT`) of a client group, all pages: the
@@ -1172,6 +1278,98 @@ mod tests {
             assert_eq!(s.param("ClusterId"), Some("cl-1"));
             verify(s, SignatureVersion::V3).unwrap();
         }
+    }
+
+    /// 250 data sources `n0`…`n249` in 3 pages; the `DataSourceName` filter is a substring
+    /// match, as the fake HBR's.
+    fn filtered_page(s: &Seen) -> String {
+        let p: usize = s.param("PageNumber").unwrap().parse().unwrap();
+        match s.param("DataSourceName") {
+            Some(name) => {
+                let hits: Vec<usize> = (0..250)
+                    .filter(|i| format!("n{i}").contains(name))
+                    .collect();
+                let items: Vec<Value> = hits
+                    .iter()
+                    .map(|i| serde_json::json!({"DataSourceId": format!("ds-{i}"), "DataSourceName": format!("n{i}"), "DataSourceType": "COMMON_NAS"}))
+                    .collect();
+                serde_json::json!({"Success": true, "Code": "200", "RequestId": "R", "TotalCount": hits.len(), "PageSize": 99, "DataSources": items}).to_string()
+            }
+            None => match p {
+                1 => page(99, 0, 250),
+                2 => page(99, 99, 250),
+                _ => page(52, 198, 250),
+            },
+        }
+    }
+
+    #[tokio::test]
+    async fn describe_for_looks_up_few_names_exactly_and_lists_for_many() {
+        // One name, 2 pages left: page 1, then the name; `n24` also matches n240…n249, which
+        // are not taken for it.
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        let got = c
+            .describe_data_sources_for("cl-1", &["n24".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            got.iter()
+                .map(|d| d.data_source_id.as_str())
+                .collect::<Vec<_>>(),
+            ["ds-24"]
+        );
+        let asked: Vec<(Option<String>, Option<String>)> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s.param("PageNumber").map(str::to_string),
+                    s.param("DataSourceName").map(str::to_string),
+                )
+            })
+            .collect();
+        assert_eq!(
+            asked,
+            [
+                (Some("1".into()), None),
+                (Some("1".into()), Some("n24".into()))
+            ]
+        );
+
+        // Two names, 2 pages left: the listing goes on from page 2 (page 1 is not read twice).
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        let got = c
+            .describe_data_sources_for("cl-1", &["n1".into(), "n2".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 250);
+        let pages: Vec<Option<String>> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                assert_eq!(s.param("DataSourceName"), None);
+                s.param("PageNumber").map(str::to_string)
+            })
+            .collect();
+        assert_eq!(
+            pages,
+            [Some("1".into()), Some("2".into()), Some("3".into())]
+        );
+
+        // Nothing needed: nothing asked.
+        let (url, seen) = fake(|s, _| (200, vec![], filtered_page(s))).await;
+        let c = client(&url, SignatureVersion::V3, false);
+        assert!(
+            c.describe_data_sources_for("cl-1", &[], &[])
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert!(seen.lock().unwrap().is_empty());
     }
 
     #[tokio::test]

@@ -345,6 +345,14 @@ catalogue! {
         "Nothing to do if the paths hold only directories or are empty for now. To check the \
          DataNodes too, list a path that holds a file with data directly.";
 
+    // ---- fleet (docs/fleet.md) ----
+    PARTIAL_REACHABILITY =>
+        "Warning: some live members of the client group cannot reach this source; others can.",
+        "HBR may run a backup on any member, and runs on the members named fail. Fix their \
+         access (the code per member says what failed there: mount, firewall, DNS, \
+         permissions), or take hosts that must not back it up out of the client group. The \
+         owner still registers and updates the source.";
+
     // ---- end of probe codes ----
 }
 

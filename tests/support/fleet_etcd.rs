@@ -109,6 +109,15 @@ impl Etcd {
         .await;
     }
 
+    /// The value of `key`, if it exists.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let r = self
+            .call("/v3/kv/range", json!({ "key": B64.encode(key) }))
+            .await;
+        let v = r["kvs"].get(0)?["value"].as_str()?;
+        Some(String::from_utf8(B64.decode(v).unwrap()).unwrap())
+    }
+
     pub async fn delete(&self, key: &str) {
         self.call("/v3/kv/deleterange", json!({ "key": B64.encode(key) }))
             .await;
