@@ -178,7 +178,10 @@ catalogue! {
     SMB_CLIENT_ERROR =>
         "The SMB client (libsmbclient) failed in a way the agent does not classify.",
         "The reason carries libsmbclient's error. Check the server's logs for the same time, \
-         and that the runtime package libsmbclient is installed on this host.";
+         and that the runtime package libsmbclient is installed on this host. If the reason \
+         says the helper is missing: the SMB probe runs /usr/libexec/hbr-source-agent/\
+         hbr-source-agent-smb-probe (or hbr-source-agent-smb-probe next to the agent's own \
+         binary); reinstall the package.";
 
     // ---- S3-compatible object storage ----
     TLS_UNTRUSTED =>
