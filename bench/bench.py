@@ -27,6 +27,7 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET = os.environ.get("CARGO_TARGET_DIR") or os.path.join(REPO, "target")
 AGENT = os.path.join(TARGET, "release", "hbr-source-agent")
+SMB_CHILD = os.path.join(TARGET, "release", "hbr-source-agent-smb-probe")
 HELPER = os.path.join(TARGET, "release", "examples", "bench-hbr")
 CACHE = os.environ.get("HBR_CACHE", "/var/cache/hbr-source-agent")
 RUN = os.environ.get("HBR_TEST_RUN", "/tmp/hbr-test-servers")
@@ -166,10 +167,11 @@ def source(kind, name, srv, work, extra=""):
     raise ValueError(kind)
 
 
-def config(work, name, endpoint, sources, concurrency=16, timeout="15s"):
+def config(work, name, endpoint, sources, concurrency=16, timeout="15s", writes=None):
     state = os.path.join(work.dir, name + ".state")
+    writes = f"write_concurrency = {writes}\n" if writes else ""
     text = (f'version = 1\n\n[agent]\ncluster_id = "{CLUSTER}"\nstate_dir = "{state}"\n'
-            f'probe_timeout = "{timeout}"\nprobe_concurrency = {concurrency}\n\n'
+            f'probe_timeout = "{timeout}"\nprobe_concurrency = {concurrency}\n{writes}\n'
             f'[control_plane]\nregion = "cn-hangzhou"\nendpoint = "{endpoint}"\n\n{sources}')
     d = os.path.join(work.dir, name)
     os.makedirs(d, exist_ok=True)
@@ -422,7 +424,7 @@ def print_latency(results):
 # ---------------------------------------------------------------- 2. scale
 
 
-def bench_scale(srv, work, results, concurrencies, n_probe, n_register, rate_limit):
+def bench_scale(srv, work, results, concurrencies, n_probe, n_register, rate_limit, writes):
     out = {}
     # 10,000 sources of every kind for validate (offline); all filesystem for plan, whose
     # probes then cost little, so that the time is the agent's own.
@@ -465,22 +467,25 @@ def bench_scale(srv, work, results, concurrencies, n_probe, n_register, rate_lim
     if n_register <= 0:
         results["scale"] = out
         return
-    fake = Fake(latency_ms=50, rate_limit=rate_limit)
     fs = "".join(source("filesystem", f"r{i:04}", srv, work) for i in range(n_register))
-    cfg = config(work, "scale-register", fake.endpoint, fs, concurrency=16)
-    dt, mib, r = measured([AGENT, "--config", cfg, "apply"], env)
-    adds = [e for e in fake.events if e[1] == "AddDataSource" and e[2] == "200"]
-    throttled = [e for e in fake.events if e[3].startswith("Throttling")]
-    calls = len([e for e in fake.events if e[2] == "200"])
-    fake.close()
-    out["register"] = {
-        "n": n_register, "wall": dt, "peak_mib": mib, "adds": len(adds), "throttled": len(throttled),
-        "rate_limit": rate_limit, "latency": 0.05,
-        # The limiter's bucket holds one second's worth: the first `rate_limit` calls are free.
-        "rate_floor": max(0, calls - rate_limit) / rate_limit,
-        "serial_floor": calls * 0.05,
-    }
-    say(f"scale: register {out['register']}")
+    out["register"] = []
+    for w in writes:
+        fake = Fake(latency_ms=50, rate_limit=rate_limit)
+        cfg = config(work, f"scale-register-{w}", fake.endpoint, fs, concurrency=16, writes=w)
+        dt, mib, r = measured([AGENT, "--config", cfg, "apply"], env)
+        adds = [e for e in fake.events if e[1] == "AddDataSource" and e[2] == "200"]
+        throttled = [e for e in fake.events if e[3].startswith("Throttling")]
+        calls = len([e for e in fake.events if e[2] == "200"])
+        fake.close()
+        reg = {
+            "writes": w, "n": n_register, "wall": dt, "peak_mib": mib, "adds": len(adds),
+            "throttled": len(throttled), "rate_limit": rate_limit, "latency": 0.05,
+            # The limiter's bucket holds one second's worth: the first `rate_limit` calls are free.
+            "rate_floor": max(0, calls - rate_limit) / rate_limit,
+            "serial_floor": calls * 0.05 / w,
+        }
+        out["register"].append(reg)
+        say(f"scale: register {reg}")
     results["scale"] = out
 
 
@@ -500,15 +505,17 @@ def print_scale(results):
             failed = ", ".join(f"{k} {v}" for k, v in p["failed"].items()) or "none"
             print(f"| {p['concurrency']} | {ms(p['wall'])} | {p['peak_mib']:.0f} MiB | {failed} | "
                   f"{ms(p['target']) if p['target'] else '?'} |")
-    r = s.get("register")
-    if not r:
+    regs = s.get("register")
+    if not regs:
         return
+    r = regs[0]
     print(f"\nRegistering {r['n']} sources (`apply`) against the fake HBR with {r['latency'] * 1000:.0f} ms latency "
           f"and a limit of {r['rate_limit']} requests/s:\n")
-    print("| wall | peak RSS | AddDataSource | throttled answers | rate-limit floor | one-at-a-time floor (calls × latency) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    print(f"| {ms(r['wall'])} | {r['peak_mib']:.0f} MiB | {r['adds']} | {r['throttled']} | "
-          f"{ms(r['rate_floor'])} | {ms(r['serial_floor'])} |")
+    print("| write_concurrency | wall | peak RSS | AddDataSource | throttled answers | rate-limit floor | latency floor (calls × latency ÷ writes) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for r in regs:
+        print(f"| {r['writes']} | {ms(r['wall'])} | {r['peak_mib']:.0f} MiB | {r['adds']} | {r['throttled']} | "
+              f"{ms(r['rate_floor'])} | {ms(r['serial_floor'])} |")
 
 
 # ---------------------------------------------------------------- 3. reaction
@@ -638,12 +645,13 @@ def main():
     ap.add_argument("--probes", type=int, default=1000)
     ap.add_argument("--register", type=int, default=1000, help="sources to register; 0: skip")
     ap.add_argument("--rate-limit", type=int, default=50, help="fake HBR requests per second")
+    ap.add_argument("--writes", default="1,4,8", help="write_concurrency values for registering")
     ap.add_argument("--edits", type=int, default=50)
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
     ap.add_argument("--json", help="also write the raw results here")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    for b in (AGENT, HELPER):
+    for b in (AGENT, SMB_CHILD, HELPER):
         if not os.access(b, os.X_OK):
             sys.exit(f"{b} is missing: run bench/run.sh (it builds the release binaries)")
     srv = servers_up()
@@ -655,7 +663,8 @@ def main():
             bench_latency(srv, work, a.runs, aws, results)
         if "scale" in only:
             bench_scale(srv, work, results, [int(c) for c in a.concurrency.split(",") if c.isdigit()],
-                        a.probes, a.register, a.rate_limit)
+                        a.probes, a.register, a.rate_limit,
+                        [int(w) for w in a.writes.split(",") if w.isdigit()])
         if "reaction" in only:
             bench_reaction(srv, work, results, a.edits)
         if "footprint" in only:

@@ -7,6 +7,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 # Two builds: with the example, dev-dependencies' features would leak into the agent measured.
-cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin hbr-source-agent
+cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin hbr-source-agent \
+  --bin hbr-source-agent-smb-probe
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --example bench-hbr
 exec python3 "$repo/bench/bench.py" "$@"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the .deb (cargo-deb, release profile), unpacks it into a scratch root and checks what
-# an operator relies on: the exact file list, the conffiles, the libsmbclient dependency, that
-# the packaged binary runs and accepts the packaged example config, and that the packaged unit
-# verifies. Prints the .deb's path last. Needs cargo-deb (scripts/setup.sh installs it).
+# an operator relies on: the exact file list, the conffiles, the libsmbclient dependency (and
+# that only the SMB probe's helper links it), that the packaged binary runs and accepts the
+# packaged example config, and that the packaged unit verifies. Prints the .deb's path last. Needs cargo-deb (scripts/setup.sh installs it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +28,7 @@ expected="$(cat <<'LIST'
 ./usr/lib/systemd/system/hbr-source-agent.service
 ./usr/lib/sysusers.d/hbr-source-agent.conf
 ./usr/lib/tmpfiles.d/hbr-source-agent.conf
+./usr/libexec/hbr-source-agent/hbr-source-agent-smb-probe
 ./usr/share/doc/hbr-source-agent/README.md
 ./usr/share/doc/hbr-source-agent/configuration.md
 ./usr/share/doc/hbr-source-agent/copyright
@@ -60,6 +61,15 @@ done
 dpkg -x "$deb" "$scratch/root"
 bin="$scratch/root/usr/bin/hbr-source-agent"
 "$bin" --version >/dev/null || fail "the packaged binary does not run"
+# Only the SMB probe's child links libsmbclient: the agent would otherwise pay for its ~110
+# shared libraries at every start (docs/benchmarks.md).
+helper="$scratch/root/usr/libexec/hbr-source-agent/hbr-source-agent-smb-probe"
+[ -x "$helper" ] || fail "the SMB probe helper is missing or not executable"
+needed() { readelf -d "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
+if needed "$bin" | grep -q '^libsmbclient'; then
+  fail "usr/bin/hbr-source-agent links libsmbclient (NEEDED: $(needed "$bin" | tr '\n' ' '))"
+fi
+needed "$helper" | grep -q '^libsmbclient' || fail "the SMB probe helper does not link libsmbclient"
 "$bin" --config "$scratch/root/etc/hbr-source-agent/agent.toml" validate >/dev/null \
   || fail "the packaged example config does not validate"
 [ "$(stat -c %a "$scratch/root/etc/hbr-source-agent/agent.toml")" = 640 ] || fail "agent.toml is not 0640"

@@ -105,9 +105,6 @@ pub enum Command {
     },
     /// What a failure code means and how to fix it.
     Explain { code: String },
-    /// Internal: the SMB probe's child process (request on stdin; see probe::smb::child).
-    #[command(name = "__probe-smb", hide = true)]
-    ProbeSmb,
 }
 
 /// The runtime directory under systemd (`RuntimeDirectory=hbr-source-agent`).
@@ -215,7 +212,6 @@ pub async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => crate::daemon::run(&cli, runtime_dir, *metrics_listen).await,
         Command::Status { json, runtime_dir } => status_cmd(&cli, *json, runtime_dir),
         Command::Explain { code } => Ok(explain_cmd(code)),
-        Command::ProbeSmb => Ok(crate::probe::smb::child::main()),
     }
 }
 

@@ -5,7 +5,10 @@
 //!
 //! Invariants: a source whose probe failed is never added or updated; a name is looked up in
 //! HBR before any add (so a lost state file never duplicates); an uncertain add is resolved by
-//! describing again, never by adding again; state is saved after every change HBR accepted.
+//! describing again, never by adding again. Up to `write_concurrency` HBR writes are in flight
+//! at once (never two for one source); state is saved once those in flight have answered, at
+//! least every 200 ms while they keep coming, and at the end of the pass (docs/reliability.md:
+//! why a record lost in a crash never duplicates nor loses a registration).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -379,45 +382,59 @@ pub async fn run_pass<R: Registry>(
     let mut results = Vec::new();
     let mut pending: BTreeMap<&str, &Source> =
         wanted.iter().map(|s| (s.name.as_str(), *s)).collect();
+    // HBR writes run up to `write_concurrency` at a time while further probes are decided; each
+    // result is recorded in `state` the moment it answers, and the state file is written in
+    // batches (see `Saves`). A source is decided once per pass, so two writes for one name are
+    // never in flight.
+    let write_limit = cfg.agent.write_concurrency.get();
+    let mut writes = futures::stream::FuturesUnordered::new();
+    let mut saves = Saves::new(mode, store);
+    let mut probes_done = false;
     loop {
-        let report = match finished.pop() {
-            Some(r) => r,
-            None => match probes.join_next().await {
-                Some(done) => match probe_result(done) {
-                    Some(r) => r,
-                    None => continue,
-                },
-                None => break,
-            },
-        };
-        let Some(source) = pending.remove(report.source.as_str()) else {
-            continue;
-        };
-        let result = reconcile_source(
-            cfg,
-            registry,
-            mode,
-            source,
-            Some(report),
-            &remote,
-            &ownership,
-            state,
-            hmac_key,
-        )
-        .await;
-        if mode == Mode::Apply
-            && let Some(store) = store
-        {
-            store.save(state)?;
+        if probes_done && writes.is_empty() {
+            break;
         }
-        results.push(result);
+        tokio::select! {
+            biased;
+            Some((write, outcome)) = writes.next(), if !writes.is_empty() => {
+                results.push(record_write(state, write, outcome));
+                saves.accepted();
+            }
+            next = next_report(&mut finished, &mut probes), if !probes_done && writes.len() < write_limit => {
+                let report = match next {
+                    Some(Some(report)) => report,
+                    Some(None) => continue,
+                    None => {
+                        probes_done = true;
+                        continue;
+                    }
+                };
+                let Some(source) = pending.remove(report.source.as_str()) else {
+                    continue;
+                };
+                match decide(cfg, mode, source, Some(report), &remote, &ownership, state, hmac_key) {
+                    Decision::Done(result) => {
+                        results.push(result);
+                        saves.touched();
+                    }
+                    Decision::Write(write) => writes.push(send(registry, &cfg.agent.cluster_id, write)),
+                }
+            }
+            else => break,
+        }
+        saves.maybe_save(state, writes.is_empty())?;
     }
     // A probe task that panicked left no report: the source is reported as not probed.
     for source in pending.into_values() {
-        let result = reconcile_source(
-            cfg, registry, mode, source, None, &remote, &ownership, state, hmac_key,
-        )
-        .await;
+        let result = match decide(
+            cfg, mode, source, None, &remote, &ownership, state, hmac_key,
+        ) {
+            Decision::Done(result) => result,
+            Decision::Write(write) => {
+                let (write, outcome) = send(registry, &cfg.agent.cluster_id, write).await;
+                record_write(state, write, outcome)
+            }
+        };
         results.push(result);
     }
     results.sort_by(|a, b| a.name.cmp(&b.name));
@@ -480,10 +497,107 @@ pub async fn run_pass<R: Registry>(
     })
 }
 
+/// The next probe report: one that ended while HBR was described, else the next to end;
+/// `Some(None)` for a task that ended without one, `None` when all have ended.
+async fn next_report(
+    finished: &mut Vec<ProbeReport>,
+    probes: &mut tokio::task::JoinSet<ProbeReport>,
+) -> Option<Option<ProbeReport>> {
+    if let Some(report) = finished.pop() {
+        return Some(Some(report));
+    }
+    probes.join_next().await.map(probe_result)
+}
+
+/// When the state file is written during a pass (`apply` only). A write per source cost an
+/// fsync'd rewrite of the whole file each time (~19 ms a source at 1,000 sources), and it is
+/// not what keeps reconcile safe: names are looked up in HBR before any add, so a record lost
+/// in a crash costs at most an adoption (or one UpdateDataSource for a source with a
+/// Credential) on the next pass, never a duplicate (docs/reliability.md). So the file is
+/// written once the HBR writes in flight have all answered, at least every [`SAVE_EVERY`]
+/// while they keep coming or while only probe results change, and at the end of the pass.
+struct Saves<'a> {
+    store: Option<&'a StateStore>,
+    /// HBR accepted or refused a write since the last save.
+    accepted: bool,
+    /// Anything else in the state changed (probe results, outcomes).
+    touched: bool,
+    last: tokio::time::Instant,
+}
+
+const SAVE_EVERY: Duration = Duration::from_millis(200);
+
+impl<'a> Saves<'a> {
+    fn new(mode: Mode, store: Option<&'a StateStore>) -> Saves<'a> {
+        Saves {
+            store: store.filter(|_| mode == Mode::Apply),
+            accepted: false,
+            touched: false,
+            last: tokio::time::Instant::now(),
+        }
+    }
+
+    fn accepted(&mut self) {
+        self.accepted = true;
+    }
+
+    fn touched(&mut self) {
+        self.touched = true;
+    }
+
+    fn maybe_save(&mut self, state: &State, drained: bool) -> Result<(), PassError> {
+        let Some(store) = self.store else {
+            return Ok(());
+        };
+        let due = self.last.elapsed() >= SAVE_EVERY;
+        if (self.accepted && (drained || due)) || (self.touched && due) {
+            store.save(state)?;
+            self.accepted = false;
+            self.touched = false;
+            self.last = tokio::time::Instant::now();
+        }
+        Ok(())
+    }
+}
+
+/// What to do for one source: nothing more (the result is final) or one HBR write.
+enum Decision {
+    Done(SourceResult),
+    Write(Write),
+}
+
+/// An HBR write decided for a source, with what to record once HBR answers.
+struct Write {
+    result: SourceResult,
+    req: DataSourceRequest,
+    hash: String,
+    hmac: Option<String>,
+    call: Call,
+}
+
+enum Call {
+    /// `readd`: the state knew this source, HBR no longer has it.
+    Add {
+        readd: bool,
+    },
+    Update {
+        data_source_id: String,
+    },
+}
+
+/// What HBR's answer came to.
+enum Answer {
+    /// Added: the id, the RequestId (empty when confirmed by describing), the detail.
+    Added(String, String, String),
+    /// Updated: the id, the RequestId.
+    Updated(String, String),
+    Failed(String),
+}
+
+/// Decide what `source` needs, recording its probe in `state`. No I/O.
 #[allow(clippy::too_many_arguments)]
-async fn reconcile_source<R: Registry>(
+fn decide(
     cfg: &Config,
-    registry: &R,
     mode: Mode,
     source: &Source,
     probe: Option<ProbeReport>,
@@ -491,7 +605,7 @@ async fn reconcile_source<R: Registry>(
     ownership: &crate::fleet::Ownership,
     state: &mut State,
     hmac_key: &[u8],
-) -> SourceResult {
+) -> Decision {
     let req = desired::request(source, &cfg.agent.cluster_id);
     let hash = desired::spec_hash(&req);
     let hmac = desired::secret_hmac(&req, hmac_key);
@@ -518,12 +632,8 @@ async fn reconcile_source<R: Registry>(
         credential: req.credential.is_some(),
         reach: None,
     };
-    let finish = |entry: &mut SourceState, result: SourceResult| {
-        entry.outcome = result.outcome.as_str().into();
-        entry.error = result.outcome.is_failure().then(|| result.detail.clone());
-        entry.updated_at = now_rfc3339();
-        result
-    };
+    let done =
+        |entry: &mut SourceState, result: SourceResult| Decision::Done(finish(entry, result));
 
     let probe_passed = probe.as_ref().is_some_and(ProbeReport::passed);
     if !probe_passed && !cfg.agent.register_on_probe_failure {
@@ -533,7 +643,7 @@ async fn reconcile_source<R: Registry>(
             Some(f) => format!("{}: {} (not registered or updated)", f.code, f.reason),
             None => "not probed".into(),
         };
-        return finish(entry, result);
+        return done(entry, result);
     }
 
     // Fleet: every host probes and reports; only the owner writes.
@@ -544,7 +654,7 @@ async fn reconcile_source<R: Registry>(
             .find(|r| r.data_source_name == source.name)
             .map(|r| r.data_source_id.clone());
         result.detail = why;
-        return finish(entry, result);
+        return done(entry, result);
     }
 
     let same_name: Vec<&RemoteDataSource> = remote
@@ -566,7 +676,7 @@ async fn reconcile_source<R: Registry>(
                     .collect::<Vec<_>>()
                     .join(", ")
             );
-            return finish(entry, result);
+            return done(entry, result);
         }
     };
 
@@ -574,7 +684,7 @@ async fn reconcile_source<R: Registry>(
         if let Err(why) = ownership.may_add(&source.name) {
             result.outcome = Outcome::Deferred;
             result.detail = why;
-            return finish(entry, result);
+            return done(entry, result);
         }
         let readd = entry.data_source_id.is_some();
         if mode == Mode::Plan {
@@ -584,55 +694,15 @@ async fn reconcile_source<R: Registry>(
             } else {
                 "not in HBR".into()
             };
-            return finish(entry, result);
+            return done(entry, result);
         }
-        match registry.add(&req).await {
-            Ok((id, request_id)) => {
-                result.outcome = Outcome::Added;
-                result.detail = if readd {
-                    "was no longer in HBR; added again".into()
-                } else {
-                    String::new()
-                };
-                record_sent(entry, &id, &hash, hmac, &request_id);
-                result.data_source_id = Some(id);
-                result.request_id = Some(request_id);
-            }
-            Err(e) if R::outcome_unknown(&e) => {
-                // The add may have happened: look, never add twice.
-                match registry.describe(&cfg.agent.cluster_id).await {
-                    Ok(now) => match now.iter().find(|r| r.data_source_name == source.name) {
-                        Some(found) => {
-                            result.outcome = Outcome::Added;
-                            result.detail = format!(
-                                "confirmed by DescribeDataSources after an uncertain answer ({e})"
-                            );
-                            record_sent(entry, &found.data_source_id, &hash, hmac, "");
-                            result.data_source_id = Some(found.data_source_id.clone());
-                        }
-                        None => {
-                            result.outcome = Outcome::Failed;
-                            result.detail = format!(
-                                "AddDataSource outcome unknown ({e}) and HBR does not list it \
-                                 yet; the next pass looks again before adding"
-                            );
-                        }
-                    },
-                    Err(e2) => {
-                        result.outcome = Outcome::Failed;
-                        result.detail = format!(
-                            "AddDataSource outcome unknown ({e}) and DescribeDataSources failed \
-                             ({e2}); the next pass looks again before adding"
-                        );
-                    }
-                }
-            }
-            Err(e) => {
-                result.outcome = Outcome::Failed;
-                result.detail = format!("AddDataSource failed: {e}");
-            }
-        }
-        return finish(entry, result);
+        return Decision::Write(Write {
+            result,
+            req,
+            hash,
+            hmac,
+            call: Call::Add { readd },
+        });
     };
 
     result.data_source_id = Some(target.data_source_id.clone());
@@ -643,7 +713,7 @@ async fn reconcile_source<R: Registry>(
              of them",
             source.name, target.data_source_type, target.data_source_id, result.data_source_type
         );
-        return finish(entry, result);
+        return done(entry, result);
     }
 
     let mut reasons: Vec<String> = Vec::new();
@@ -674,22 +744,106 @@ async fn reconcile_source<R: Registry>(
                 record_sent(entry, &target.data_source_id, &hash, hmac, "");
             }
         }
-        return finish(entry, result);
+        return done(entry, result);
     }
     result.detail = reasons.join("; ");
     if mode == Mode::Plan {
         result.outcome = Outcome::Update;
-        return finish(entry, result);
+        return done(entry, result);
     }
-    match registry.update(&target.data_source_id, &req).await {
-        Ok(request_id) => {
+    Decision::Write(Write {
+        result,
+        req,
+        hash,
+        hmac,
+        call: Call::Update {
+            data_source_id: target.data_source_id.clone(),
+        },
+    })
+}
+
+fn finish(entry: &mut SourceState, result: SourceResult) -> SourceResult {
+    entry.outcome = result.outcome.as_str().into();
+    entry.error = result.outcome.is_failure().then(|| result.detail.clone());
+    entry.updated_at = now_rfc3339();
+    result
+}
+
+/// Make the HBR call of `write`. Touches no state, so several run at once.
+async fn send<R: Registry>(registry: &R, cluster_id: &str, write: Write) -> (Write, Answer) {
+    let answer = match &write.call {
+        Call::Add { readd } => match registry.add(&write.req).await {
+            Ok((id, request_id)) => {
+                let detail = if *readd {
+                    "was no longer in HBR; added again".into()
+                } else {
+                    String::new()
+                };
+                Answer::Added(id, request_id, detail)
+            }
+            Err(e) if R::outcome_unknown(&e) => {
+                // The add may have happened: look, never add twice.
+                let name = write.req.name();
+                match registry.describe(cluster_id).await {
+                    Ok(now) => match now.iter().find(|r| r.data_source_name == name) {
+                        Some(found) => Answer::Added(
+                            found.data_source_id.clone(),
+                            String::new(),
+                            format!(
+                                "confirmed by DescribeDataSources after an uncertain answer ({e})"
+                            ),
+                        ),
+                        None => Answer::Failed(format!(
+                            "AddDataSource outcome unknown ({e}) and HBR does not list it yet; \
+                             the next pass looks again before adding"
+                        )),
+                    },
+                    Err(e2) => Answer::Failed(format!(
+                        "AddDataSource outcome unknown ({e}) and DescribeDataSources failed \
+                         ({e2}); the next pass looks again before adding"
+                    )),
+                }
+            }
+            Err(e) => Answer::Failed(format!("AddDataSource failed: {e}")),
+        },
+        Call::Update { data_source_id } => {
+            match registry.update(data_source_id, &write.req).await {
+                Ok(request_id) => Answer::Updated(data_source_id.clone(), request_id),
+                Err(e) => Answer::Failed(format!(
+                    "UpdateDataSource failed ({}): {e}",
+                    write.result.detail
+                )),
+            }
+        }
+    };
+    (write, answer)
+}
+
+/// Record HBR's answer to `write` in `state`; the source's final result.
+fn record_write(state: &mut State, write: Write, answer: Answer) -> SourceResult {
+    let Write {
+        mut result,
+        hash,
+        hmac,
+        ..
+    } = write;
+    let entry = state.sources.entry(result.name.clone()).or_default();
+    match answer {
+        Answer::Added(id, request_id, detail) => {
+            result.outcome = Outcome::Added;
+            result.detail = detail;
+            record_sent(entry, &id, &hash, hmac, &request_id);
+            result.data_source_id = Some(id);
+            result.request_id = (!request_id.is_empty()).then_some(request_id);
+        }
+        Answer::Updated(data_source_id, request_id) => {
             result.outcome = Outcome::Updated;
-            record_sent(entry, &target.data_source_id, &hash, hmac, &request_id);
+            record_sent(entry, &data_source_id, &hash, hmac, &request_id);
             result.request_id = Some(request_id);
         }
-        Err(e) => {
+        Answer::Failed(detail) => {
             result.outcome = Outcome::Failed;
-            result.detail = format!("UpdateDataSource failed ({}): {e}", result.detail);
+            result.detail = detail;
         }
     }
     finish(entry, result)
@@ -1009,6 +1163,7 @@ mod tests {
                 state_dir: "/nonexistent".into(),
                 probe_timeout: Duration::from_secs(5),
                 probe_concurrency: NonZeroUsize::new(4).unwrap(),
+                write_concurrency: NonZeroUsize::new(4).unwrap(),
                 reprobe_interval: Duration::from_secs(3600),
                 register_on_probe_failure: false,
             },

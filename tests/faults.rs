@@ -670,3 +670,99 @@ fn signal_term(child: &tokio::process::Child) {
     let pid = rustix::process::Pid::from_raw(child.id().unwrap() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
 }
+
+#[tokio::test]
+async fn killed_in_the_middle_of_concurrent_adds_then_rerun_registers_each_name_once() {
+    // Six adds in flight at a time, each applied by HBR 0.5 s after it arrives; the agent is
+    // killed once the second wave is in flight, with some answers recorded in the state file,
+    // some accepted by HBR but not yet recorded, and some still unsent.
+    const N: u32 = 24;
+    let data = mounted_dir();
+    let mut config = String::new();
+    for i in 0..N {
+        let dir = data.path().join(format!("d{i:02}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("f"), b"x").unwrap();
+        config.push_str(&filesystem_source(&format!("src{i:02}"), &dir));
+    }
+    let s = Setup::new(&config).await;
+    with_agent_settings(&s, "probe_timeout = \"5s\"\nwrite_concurrency = 6");
+    s.fake.inject_for(
+        "AddDataSource",
+        Fault::Slow {
+            count: N,
+            delay: Duration::from_millis(500),
+        },
+    );
+    let arrived = || {
+        N - s
+            .fake
+            .pending_faults()
+            .iter()
+            .map(|f| match f {
+                Fault::Slow { count, .. } => *count,
+                _ => 0,
+            })
+            .sum::<u32>()
+    };
+    let mut child = s
+        .agent()
+        .arg("apply")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while arrived() < 9 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the adds never came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.start_kill().unwrap();
+    assert!(!child.wait().await.unwrap().success());
+    let sent = arrived();
+    let applied = s.fake.data_sources().len() as u32;
+    assert!(
+        sent >= applied + 2,
+        "several adds were in flight at the kill: {sent} sent, {applied} applied"
+    );
+    assert!(sent < N, "the kill came before the last add: {sent} sent");
+    // What HBR accepted from the killed agent lands after its delay.
+    while (s.fake.data_sources().len() as u32) < sent {
+        assert!(t0.elapsed() < Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let r = s.run(&["apply"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let ds = s.fake.data_sources();
+    let mut names: Vec<&str> = ds.iter().map(|d| d.data_source_name.as_str()).collect();
+    names.sort_unstable();
+    let expected: Vec<String> = (0..N).map(|i| format!("src{i:02}")).collect();
+    assert_eq!(names, expected, "exactly one registration per name");
+    let mut added: Vec<String> = requests_for(&s, "AddDataSource")
+        .iter()
+        .filter_map(|r| {
+            r.query
+                .iter()
+                .find(|(k, _)| k == "DataSourceName")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    added.sort_unstable();
+    assert_eq!(added, expected, "one AddDataSource per name, never two");
+    assert!(
+        requests_for(&s, "UpdateDataSource").is_empty(),
+        "adopted as they are, not updated"
+    );
+    let state = s.state();
+    for d in &ds {
+        assert_eq!(
+            state["sources"][&d.data_source_name]["data_source_id"].as_str(),
+            Some(d.data_source_id.as_str()),
+            "{state}"
+        );
+    }
+}

@@ -44,6 +44,7 @@ struct MergedAgent {
     state_dir: Option<At<String>>,
     probe_timeout: Option<At<String>>,
     probe_concurrency: Option<At<i64>>,
+    write_concurrency: Option<At<i64>>,
     reprobe_interval: Option<At<String>>,
     register_on_probe_failure: Option<At<bool>>,
 }
@@ -275,6 +276,7 @@ impl<'e> Loader<'e> {
         over(&mut a.state_dir, file, r.state_dir);
         over(&mut a.probe_timeout, file, r.probe_timeout);
         over(&mut a.probe_concurrency, file, r.probe_concurrency);
+        over(&mut a.write_concurrency, file, r.write_concurrency);
         over(&mut a.reprobe_interval, file, r.reprobe_interval);
         over(
             &mut a.register_on_probe_failure,
@@ -498,6 +500,22 @@ impl<'e> Loader<'e> {
                     .ok_or_else(|| format!("must be at least 1, got {n}"))
             },
         );
+        let default_writes =
+            NonZeroUsize::new(defaults::WRITE_CONCURRENCY).expect("the default is not zero");
+        let write_concurrency = sc.opt_at(
+            &a.write_concurrency,
+            "write_concurrency",
+            default_writes,
+            |&n| {
+                usize::try_from(n)
+                    .ok()
+                    .filter(|n| *n <= defaults::MAX_WRITE_CONCURRENCY)
+                    .and_then(NonZeroUsize::new)
+                    .ok_or_else(|| {
+                        format!("must be 1 to {}, got {n}", defaults::MAX_WRITE_CONCURRENCY)
+                    })
+            },
+        );
         let register_on_probe_failure = a
             .register_on_probe_failure
             .as_ref()
@@ -510,6 +528,7 @@ impl<'e> Loader<'e> {
             state_dir: state_dir?,
             probe_timeout: probe_timeout?,
             probe_concurrency: probe_concurrency?,
+            write_concurrency: write_concurrency?,
             reprobe_interval: reprobe_interval?,
             register_on_probe_failure,
         })

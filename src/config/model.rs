@@ -17,6 +17,9 @@ pub mod defaults {
     pub const STATE_DIR: &str = "/var/lib/hbr-source-agent";
     pub const PROBE_TIMEOUT: Duration = Duration::from_secs(15);
     pub const PROBE_CONCURRENCY: usize = 16;
+    pub const WRITE_CONCURRENCY: usize = 4;
+    /// The most HBR writes a config may ask to have in flight at once.
+    pub const MAX_WRITE_CONCURRENCY: usize = 32;
     pub const REPROBE_INTERVAL: Duration = Duration::from_secs(3600);
     pub const METADATA_ENDPOINT: &str = "http://100.100.100.200";
     pub const API_TIMEOUT: Duration = Duration::from_secs(10);
@@ -48,6 +51,8 @@ pub struct AgentSettings {
     pub state_dir: PathBuf,
     pub probe_timeout: Duration,
     pub probe_concurrency: NonZeroUsize,
+    /// HBR writes (AddDataSource, UpdateDataSource) in flight at once in a pass.
+    pub write_concurrency: NonZeroUsize,
     pub reprobe_interval: Duration,
     pub register_on_probe_failure: bool,
 }

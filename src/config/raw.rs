@@ -22,6 +22,7 @@ pub(super) struct RawAgent {
     pub state_dir: S<String>,
     pub probe_timeout: S<String>,
     pub probe_concurrency: S<i64>,
+    pub write_concurrency: S<i64>,
     pub reprobe_interval: S<String>,
     pub register_on_probe_failure: S<bool>,
 }

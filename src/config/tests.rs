@@ -70,6 +70,7 @@ fn valid_config_with_every_kind() {
             // agent.toml says 20s, 20-override.toml 45s: the later file wins, per key.
             probe_timeout: Duration::from_secs(45),
             probe_concurrency: std::num::NonZeroUsize::new(16).unwrap(),
+            write_concurrency: std::num::NonZeroUsize::new(4).unwrap(),
             reprobe_interval: Duration::from_secs(3600),
             register_on_probe_failure: true,
         }
@@ -278,8 +279,8 @@ fn every_error_of_every_file_at_once() {
         [
             // unknown key
             "agent.toml:5:1: [agent]: probe_timout: unknown key; expected one of `cluster_id`, \
-             `state_dir`, `probe_timeout`, `probe_concurrency`, `reprobe_interval`, \
-             `register_on_probe_failure`",
+             `state_dir`, `probe_timeout`, `probe_concurrency`, `write_concurrency`, \
+             `reprobe_interval`, `register_on_probe_failure`",
             // wrong type, in the same table: the first error does not hide it
             "agent.toml:6:21: [agent]: probe_concurrency: invalid type: string \"many\", \
              expected an integer",

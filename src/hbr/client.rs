@@ -246,6 +246,9 @@ pub struct HbrClient {
     credentials: Arc<CredentialsProvider>,
     timeout: Duration,
     retry: RetryPolicy,
+    /// Until when every call waits after a `Throttling*` answer to any of them: the writes a
+    /// pass has in flight (`write_concurrency`) back off together.
+    throttled_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl std::fmt::Debug for HbrClient {
@@ -311,6 +314,7 @@ impl HbrClient {
             credentials: Arc::new(credentials),
             timeout: cp.timeout,
             retry: RetryPolicy::default(),
+            throttled_until: std::sync::Mutex::new(None),
         })
     }
 
@@ -597,6 +601,7 @@ impl HbrClient {
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
+            self.wait_out_throttling().await;
             match self.attempt(action, params, idempotent, attempt).await {
                 Outcome::Done(v, request_id) => return Ok((v, request_id)),
                 Outcome::Final(e) => return Err(e),
@@ -621,6 +626,9 @@ impl HbrClient {
                         });
                     }
                     let wait = self.retry.wait(attempt, server_wait);
+                    if matches!(class, RetryClass::Throttled) {
+                        self.throttle_all(wait);
+                    }
                     tracing::warn!(
                         action,
                         attempt,
@@ -632,6 +640,32 @@ impl HbrClient {
                     attempt += 1;
                 }
             }
+        }
+    }
+
+    /// Wait while a `Throttling*` answer to any call asks every call to hold off.
+    async fn wait_out_throttling(&self) {
+        loop {
+            let until = *self
+                .throttled_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            match until {
+                Some(t) if t > tokio::time::Instant::now() => tokio::time::sleep_until(t).await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Make every call wait `wait` from now (or longer, if another throttling said so).
+    fn throttle_all(&self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        let mut t = self
+            .throttled_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if t.is_none_or(|t| t < until) {
+            *t = Some(until);
         }
     }
 
@@ -1505,6 +1539,51 @@ mod tests {
         for s in seen.iter() {
             verify(s, SignatureVersion::V3).unwrap();
         }
+    }
+
+    /// A `Throttling` answer to one call holds back the others too: the writes a pass has in
+    /// flight back off together instead of each hammering the limit.
+    #[tokio::test]
+    async fn a_throttling_answer_holds_back_every_call_of_the_client() {
+        let (url, seen) = fake(|_, n| {
+            if n == 0 {
+                (
+                    400,
+                    vec![("x-acs-retry-after", "1500".into())],
+                    r#"{"Code":"Throttling.User","Message":"slow down","RequestId":"RID-T"}"#
+                        .into(),
+                )
+            } else {
+                (200, vec![], OK_ADD.into())
+            }
+        })
+        .await;
+        let c = Arc::new(client(&url, SignatureVersion::V3, false).with_retry_policy(
+            RetryPolicy {
+                max_attempts: 3,
+                base: Duration::from_millis(5),
+                cap: Duration::from_secs(5),
+            },
+        ));
+        let first = tokio::spawn({
+            let c = c.clone();
+            async move { c.add_data_source(&nas_request()).await }
+        });
+        while seen.lock().unwrap().is_empty() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Let the throttled answer reach the client, then start a second call.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        c.add_data_source(&nas_request()).await.unwrap();
+        let waited = t0.elapsed();
+        first.await.unwrap().unwrap();
+        assert_eq!(seen.lock().unwrap().len(), 3);
+        // Sent at once, it would have taken milliseconds; it waited out the 1.5 s backoff.
+        assert!(
+            waited >= Duration::from_millis(1000),
+            "the second call did not wait: {waited:?}"
+        );
     }
 
     #[tokio::test]

@@ -220,7 +220,10 @@ catalogue! {
          code for, a broken exchange, or an error of the SMB client (libsmbclient).",
         "The reason carries the server's NT status or libsmbclient's error. Check the server's \
          logs for the same time, and that the runtime package libsmbclient is installed on \
-         this host.";
+         this host. If the reason \
+         says the helper is missing: the SMB probe runs /usr/libexec/hbr-source-agent/\
+         hbr-source-agent-smb-probe (or hbr-source-agent-smb-probe next to the agent's own \
+         binary); reinstall the package.";
 
     // ---- S3-compatible object storage ----
     TLS_UNTRUSTED =>

@@ -2,18 +2,17 @@
 //! 2/3 server (Samba, Windows Server, NAS appliances).
 //!
 //! Layers: `resolve` and `connect` (the shared [`net`] steps), `handshake` (a hand-built SMB2
-//! NEGOTIATE in the agent itself: the dialect, or what the server offered instead), `auth`
-//! (the agent's own SESSION_SETUP with NTLMv2 on that connection, see [`session`]: the server's
-//! NT status names the code, and its SessionFlags tell a guest session), then `access`: the
-//! agent's own signed TREE_CONNECT to the share (its NT status again), and `stat` and listing of
-//! the path through libsmbclient (pavao) in a child process of the agent, killed at the probe
-//! deadline so that a server that hangs mid-session costs only this probe's time and SMB
-//! probes run in parallel (see [`child`] and docs/smb.md). libsmbclient's errno only has to
+//! NEGOTIATE in the agent itself: the dialect, or what the server offered instead), `auth` (the
+//! agent's own SESSION_SETUP with NTLMv2 on that connection, see [`session`]: the server's NT
+//! status names the code, and its SessionFlags tell a guest session), then `access`: the agent's
+//! own signed TREE_CONNECT to the share (its NT status again), and `stat` and listing of the path
+//! through libsmbclient (pavao) in a child process (the binary `hbr-source-agent-smb-probe`, see
+//! [`protocol`]), killed at the probe deadline so that a server that hangs mid-session costs only
+//! this probe's time and SMB probes run in parallel (docs/smb.md). libsmbclient's errno only has to
 //! tell a missing path from a refused one, since logon and share were settled before.
 //!
 //! Every address in `servers` is probed at once, and each must pass.
 
-pub mod child;
 mod negotiate;
 mod ntlm;
 mod session;
@@ -31,26 +30,36 @@ use super::{Code, Failed, Layer, LayerReport, Recorder, net};
 use crate::config::{HostPort, NasSpec};
 use crate::secret::Secret;
 
-/// The hidden subcommand that runs [`child::main`].
-pub const CHILD_COMMAND: &str = "__probe-smb";
+/// The child's file name: a binary of its own, so that only it links libsmbclient
+/// (`src/bin/hbr-source-agent-smb-probe.rs`).
+pub const CHILD_BINARY: &str = "hbr-source-agent-smb-probe";
+
+/// Where the packages install the child (Cargo.toml, `package.metadata.deb` and `generate-rpm`).
+pub const CHILD_INSTALLED: &str = "/usr/libexec/hbr-source-agent/hbr-source-agent-smb-probe";
+
+/// The child's side of the protocol below, for `src/bin/hbr-source-agent-smb-probe.rs`.
+#[doc(hidden)]
+pub mod protocol {
+    pub use super::{MARK, Request, Step, StepName, libc_errno};
+}
 
 /// Prefix of the child's result lines on stdout.
-const MARK: &str = "hbr-smb-step ";
+pub const MARK: &str = "hbr-smb-step ";
 
 /// The request to the child, as JSON on its stdin.
 #[derive(Serialize, Deserialize)]
-struct Request {
+pub struct Request {
     /// `smb://ADDRESS:PORT` (the address the agent connected to, so no second lookup).
-    server: String,
+    pub server: String,
     /// `/SHARE`, percent-encoded.
-    share: String,
+    pub share: String,
     /// `/` or `/DIR/…` inside the share, percent-encoded.
-    path: String,
-    username: String,
-    password: String,
-    workgroup: String,
+    pub path: String,
+    pub username: String,
+    pub password: String,
+    pub workgroup: String,
     /// libsmbclient's per-operation timeout: the probe's time left.
-    timeout_ms: u64,
+    pub timeout_ms: u64,
 }
 
 impl fmt::Debug for Request {
@@ -69,7 +78,7 @@ impl fmt::Debug for Request {
 /// The child's steps, in the order it runs them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-enum StepName {
+pub enum StepName {
     /// Session setup with the configured credentials, tree connect to a share that cannot
     /// exist (after the share step failed with EACCES).
     Logon,
@@ -86,15 +95,15 @@ enum StepName {
 
 /// One step's outcome, one line of the child's stdout.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Step {
-    name: StepName,
-    ok: bool,
+pub struct Step {
+    pub name: StepName,
+    pub ok: bool,
     /// libsmbclient's errno (it maps the server's NT status to one).
-    errno: Option<i32>,
-    message: String,
-    is_dir: bool,
-    entries: Option<usize>,
-    ms: u64,
+    pub errno: Option<i32>,
+    pub message: String,
+    pub is_dir: bool,
+    pub entries: Option<usize>,
+    pub ms: u64,
 }
 
 pub async fn probe(spec: &NasSpec, rec: &mut Recorder) -> Result<(), Failed> {
@@ -582,6 +591,33 @@ fn client_error(reason: impl Into<String>) -> Failed {
     Failed::new(Code::SMB_CLIENT_ERROR, reason)
 }
 
+/// The child binary: next to the agent's own executable (a build tree, or a tarball unpacked in
+/// one directory), else where the packages install it.
+fn child_binary() -> Result<std::path::PathBuf, Failed> {
+    let beside = std::env::current_exe().ok().and_then(|exe| {
+        // After a package upgrade replaced the running file, Linux names it "PATH (deleted)";
+        // its directory is still the right one.
+        let dir = exe.parent()?.to_path_buf();
+        Some(dir.join(CHILD_BINARY))
+    });
+    if let Some(p) = beside.as_ref().filter(|p| p.is_file()) {
+        return Ok(p.clone());
+    }
+    let installed = std::path::Path::new(CHILD_INSTALLED);
+    if installed.is_file() {
+        return Ok(installed.to_path_buf());
+    }
+    Err(client_error(format!(
+        "the SMB probe's helper program {CHILD_BINARY} is missing: not at {}, not at \
+         {CHILD_INSTALLED} (reinstall the package, or put the file built with the agent next \
+         to it)",
+        beside.map_or_else(
+            || "the agent's directory".to_string(),
+            |p| p.display().to_string()
+        )
+    )))
+}
+
 async fn run_child(
     rec: &mut Recorder,
     req: &Request,
@@ -596,14 +632,8 @@ async fn run_child(
     std::fs::create_dir(&conf_dir)
         .and_then(|()| std::fs::write(conf_dir.join("smb.conf"), client_conf(home.path())))
         .map_err(|e| client_error(format!("cannot write the SMB client's smb.conf: {e}")))?;
-    // /proc/self/exe still runs this very binary after a package upgrade replaced the file.
-    let exe = match std::path::Path::new("/proc/self/exe") {
-        p if p.exists() => p.to_path_buf(),
-        _ => std::env::current_exe()
-            .map_err(|e| client_error(format!("cannot find the agent's own binary: {e}")))?,
-    };
+    let exe = child_binary()?;
     let mut child = tokio::process::Command::new(exe)
-        .arg(CHILD_COMMAND)
         .env_clear()
         .env("HOME", home.path())
         .current_dir(home.path())
@@ -796,7 +826,7 @@ fn transport_failure(step: &Step, what: &str) -> Failed {
 
 /// The Linux errno values libsmbclient maps NT statuses to (no libc dependency for a handful
 /// of constants).
-pub(crate) mod libc_errno {
+pub mod libc_errno {
     pub const EPERM: i32 = 1;
     pub const ENOENT: i32 = 2;
     pub const ENXIO: i32 = 6;

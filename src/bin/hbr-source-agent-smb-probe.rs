@@ -1,4 +1,11 @@
-//! The child process (`hbr-source-agent __probe-smb`) that runs libsmbclient through pavao.
+//! `hbr-source-agent-smb-probe`: the SMB probe's child process, which runs libsmbclient
+//! through pavao. Installed as `/usr/libexec/hbr-source-agent/hbr-source-agent-smb-probe`; the
+//! agent looks next to its own executable first (a build tree), then there.
+//!
+//! A binary of its own so that only this process links libsmbclient: its ~110 shared libraries
+//! cost 55–75 ms in the dynamic loader at every exec and several MiB of RSS, which every other
+//! command (`validate`, `plan`, the daemon, NFS and S3 probes) would otherwise pay too
+//! (docs/benchmarks.md).
 //!
 //! libsmbclient blocks, and pavao serialises every call in a process behind one lock, so a
 //! server that hangs mid-session would stall every other SMB probe of a daemon that called it
@@ -15,23 +22,23 @@ use std::time::{Duration, Instant};
 
 use pavao::{SmbClient, SmbCredentials, SmbDialect, SmbError, SmbOptions};
 
-use super::{MARK, Request, Step, StepName, libc_errno};
+use hbr_source_agent::probe::smb::protocol::{MARK, Request, Step, StepName, libc_errno};
 
 /// One fixed pair of protocol bounds for every client (pavao requires identical bounds for
 /// all live clients); the same range the agent's own NEGOTIATE offers.
 const MIN_PROTOCOL: SmbDialect = SmbDialect::Smb202;
 const MAX_PROTOCOL: SmbDialect = SmbDialect::Smb311;
 
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let mut input = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("__probe-smb: cannot read the request: {e}");
+        eprintln!("hbr-source-agent-smb-probe: cannot read the request: {e}");
         return ExitCode::from(2);
     }
     let req: Request = match serde_json::from_str(&input) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("__probe-smb: bad request: {e}");
+            eprintln!("hbr-source-agent-smb-probe: bad request: {e}");
             return ExitCode::from(2);
         }
     };
