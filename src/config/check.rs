@@ -46,7 +46,12 @@ pub(super) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 pub(super) fn cluster_id(s: &str) -> Result<(), String> {
-    match s.strip_prefix("cl-") {
+    hbr_id(s, "cl-", "client group id")
+}
+
+/// An id as HBR writes it: `prefix` followed by lowercase letters and digits (`cl-…`, `c-…`).
+pub(crate) fn hbr_id(s: &str, prefix: &str, what: &str) -> Result<(), String> {
+    match s.strip_prefix(prefix) {
         Some(rest)
             if !rest.is_empty()
                 && rest
@@ -56,7 +61,7 @@ pub(super) fn cluster_id(s: &str) -> Result<(), String> {
             Ok(())
         }
         _ => Err(format!(
-            "{s:?} is not a client group id (cl- followed by lowercase letters and digits)"
+            "{s:?} is not a {what} ({prefix} followed by lowercase letters and digits)"
         )),
     }
 }

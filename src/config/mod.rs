@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 
+pub(crate) use check::hbr_id;
 pub use diag::{ConfigErrors, Diagnostic, Severity};
 pub use model::*;
 

@@ -27,19 +27,7 @@ pub const LIVE_STATUS: &str = "ACTIVATED";
 
 /// A ClientId as HBR writes it: `c-` and lowercase letters and digits.
 pub fn check_client_id(s: &str) -> Result<(), String> {
-    match s.strip_prefix("c-") {
-        Some(rest)
-            if !rest.is_empty()
-                && rest
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) =>
-        {
-            Ok(())
-        }
-        _ => Err(format!(
-            "{s:?} is not a backup client id (c- followed by lowercase letters and digits)"
-        )),
-    }
+    crate::config::hbr_id(s, "c-", "backup client id")
 }
 
 /// The rendezvous (highest random weight) score of `member` for `source`: the first 8 bytes of
