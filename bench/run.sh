@@ -6,6 +6,10 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
+# Help needs no build.
+for arg in "$@"; do
+  case "$arg" in -h | --help) exec python3 "$repo/bench/bench.py" --help ;; esac
+done
 # Two builds: with the example, dev-dependencies' features would leak into the agent measured.
 cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin hbr-source-agent \
   --bin hbr-source-agent-smb-probe
