@@ -210,8 +210,13 @@ async fn probe_server(
     rec.pass(format!("connected to {peer}"));
 
     rec.start(Layer::Handshake);
+    // One request per connection: its ClientGuid is random, and 3.1.1 hashes the exact bytes.
+    let negotiate_request = negotiate::request();
     let answer = rec
-        .within("the SMB2 NEGOTIATE", negotiate(&mut stream))
+        .within(
+            "the SMB2 NEGOTIATE",
+            negotiate(&mut stream, &negotiate_request),
+        )
         .await?;
     let (answer, negotiate_answer) = match answer {
         Ok((a, raw)) => (Ok(a), raw),
@@ -235,12 +240,7 @@ async fn probe_server(
     let workgroup = spec.domain.clone().unwrap_or_else(|| "WORKGROUP".into());
     let user = format!("{workgroup}\\{username}");
     rec.start(Layer::Auth);
-    let mut conn = session::Conn::new(
-        stream,
-        dialect,
-        &negotiate::request()[4..],
-        &negotiate_answer,
-    );
+    let mut conn = session::Conn::new(stream, dialect, &negotiate_request[4..], &negotiate_answer);
     // A refused logon leaves no session to end.
     own_session(rec, &mut conn, &username, &workgroup, password, peer).await?;
     rec.pass(format!(
@@ -491,11 +491,15 @@ fn smb_url(peer: SocketAddr) -> String {
     }
 }
 
-/// The NEGOTIATE exchange on the connected stream: the answer, and the answer's message (for
-/// the 3.1.1 preauth-integrity hash).
-async fn negotiate(stream: &mut TcpStream) -> Result<(negotiate::Answer, Vec<u8>), String> {
+/// The NEGOTIATE exchange on the connected stream: `request` (from [`negotiate::request`],
+/// kept by the caller for the 3.1.1 preauth-integrity hash), then the answer and the answer's
+/// message.
+async fn negotiate(
+    stream: &mut TcpStream,
+    request: &[u8],
+) -> Result<(negotiate::Answer, Vec<u8>), String> {
     stream
-        .write_all(&negotiate::request())
+        .write_all(request)
         .await
         .map_err(|e| format!("sending NEGOTIATE failed: {e}"))?;
     let mut header = [0u8; 4];

@@ -35,7 +35,10 @@ pub fn request() -> Vec<u8> {
     smb.extend_from_slice(&1u16.to_le_bytes()); // SecurityMode: signing enabled
     smb.extend_from_slice(&0u16.to_le_bytes()); // Reserved
     smb.extend_from_slice(&0u32.to_le_bytes()); // Capabilities
-    smb.extend_from_slice(b"hbr-source-agent"); // ClientGuid (16 bytes)
+    // ClientGuid: random per connection. A fixed one makes every probe "the same client" to a
+    // multichannel server: Samba then hands concurrent connections to the process that owns that
+    // client, whose credit window does not cover them, and a SESSION_SETUP goes unanswered.
+    smb.extend_from_slice(&rand::random::<[u8; 16]>());
     smb.extend_from_slice(&(contexts_at as u32).to_le_bytes());
     smb.extend_from_slice(&2u16.to_le_bytes()); // NegotiateContextCount
     smb.extend_from_slice(&0u16.to_le_bytes()); // Reserved2
@@ -142,6 +145,16 @@ pub fn status_name(status: u32) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_connection_is_a_client_of_its_own() {
+        // ClientGuid sits after StructureSize, DialectCount, SecurityMode, Reserved and
+        // Capabilities. Two probes sharing one made Samba treat them as channels of one client.
+        let guid = |r: &[u8]| r[4 + HEADER_LEN + 12..4 + HEADER_LEN + 28].to_vec();
+        let (a, b) = (request(), request());
+        assert_ne!(guid(&a), guid(&b));
+        assert_eq!(a.len(), b.len());
+    }
 
     #[test]
     fn the_request_is_framed_and_its_contexts_aligned() {
