@@ -825,6 +825,7 @@ async fn exchange(
         pid = helper.pid,
         request = id,
         served = helper.served,
+        server = %req.server,
         "SMB helper serves a probe"
     );
     let failed = |result| Exchange::Answered {
