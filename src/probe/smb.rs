@@ -8,7 +8,9 @@
 //! own signed TREE_CONNECT to the share (its NT status again), and `stat` and listing of the path
 //! through libsmbclient (pavao) in a child process (the binary `hbr-source-agent-smb-probe`, see
 //! [`protocol`]), killed at the probe deadline so that a server that hangs mid-session costs only
-//! this probe's time and SMB probes run in parallel (docs/smb.md). libsmbclient's errno only has to
+//! this probe's time and SMB probes run in parallel (docs/smb.md). Helpers that answered cleanly
+//! wait in a small pool for the next probe (fresh libsmbclient state per request), so a pass
+//! pays libsmbclient's dynamic loader once per concurrently used helper, not once per probe. libsmbclient's errno only has to
 //! tell a missing path from a refused one, since logon and share were settled before.
 //!
 //! Every address in `servers` is probed at once, and each must pass.
@@ -60,7 +62,7 @@ pub const IDLE_EXIT: Duration = Duration::from_secs(10);
 const POOL_IDLE: Duration = Duration::from_secs(8);
 
 /// At most this many idle helpers wait in the pool; more are retired.
-const POOL_MAX_IDLE: usize = 8;
+const POOL_MAX_IDLE: usize = 16;
 
 /// The name prefix of each helper's private `HOME` (a temporary directory).
 pub const HOME_PREFIX: &str = "hbr-smb-";
