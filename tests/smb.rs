@@ -611,3 +611,266 @@ async fn a_port_that_drops_connections_is_tcp_timeout() {
     assert_eq!(failed_layer(&rep).0, "connect");
     drop((listener, filler));
 }
+
+/// The agent's `SMB helper serves a probe` debug events of a `probe --json` run (JSON logs):
+/// (helper PID, server URL) per libsmbclient request, in order; and the reports by name.
+async fn probe_with_helpers(
+    s: &Setup,
+    agent_settings: &str,
+) -> (
+    Run,
+    std::collections::BTreeMap<String, Value>,
+    Vec<(u64, String)>,
+) {
+    let text = std::fs::read_to_string(&s.config)
+        .unwrap()
+        .replace("probe_timeout = \"5s\"", agent_settings);
+    std::fs::write(&s.config, text).unwrap();
+    let out = s
+        .agent()
+        .env("RUST_LOG", "hbr_source_agent::probe::smb=debug")
+        .args(["--log-format", "json", "probe", "--json"])
+        .output()
+        .await
+        .unwrap();
+    let r = Run::from(out);
+    let reports: Vec<Value> = serde_json::from_str(&r.stdout)
+        .unwrap_or_else(|e| panic!("probe --json printed no JSON ({e}): {r:?}"));
+    let by_name = reports
+        .into_iter()
+        .map(|v| (v["source"].as_str().unwrap().to_string(), v))
+        .collect();
+    let served = r
+        .stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "SMB helper serves a probe")
+        .map(|v| {
+            (
+                v["fields"]["pid"].as_u64().unwrap(),
+                v["fields"]["server"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    (r, by_name, served)
+}
+
+#[tokio::test]
+async fn many_smb_sources_share_few_helpers_and_each_gets_its_own_result() {
+    servers();
+    // Good and wrong credentials interleaved, and paths whose answers differ (two entries, none,
+    // missing), so that a reused helper carrying anything over would show in a result.
+    let mut config = String::new();
+    let mut expected = Vec::new();
+    for i in 0..4 {
+        config.push_str(&source(
+            &format!("g{i}"),
+            STRICT_PORT,
+            "/share",
+            USER,
+            PASSWORD,
+        ));
+        expected.push((format!("g{i}"), "2"));
+        config.push_str(&source(
+            &format!("w{i}"),
+            STRICT_PORT,
+            "/share",
+            USER,
+            "not-it",
+        ));
+        expected.push((format!("w{i}"), "SMB_LOGON_FAILURE"));
+        config.push_str(&source(
+            &format!("s{i}"),
+            STRICT_PORT,
+            "/share/sub",
+            USER,
+            PASSWORD,
+        ));
+        expected.push((format!("s{i}"), "0"));
+        config.push_str(&source(
+            &format!("m{i}"),
+            STRICT_PORT,
+            "/share/none",
+            USER,
+            PASSWORD,
+        ));
+        expected.push((format!("m{i}"), "SMB_PATH_NOT_FOUND"));
+        config.push_str(&source(
+            &format!("o{i}"),
+            STRICT_PORT,
+            "/share",
+            OTHER_USER,
+            OTHER_PASSWORD,
+        ));
+        expected.push((format!("o{i}"), "SMB_ACCESS_DENIED"));
+    }
+    let s = Setup::new(&config).await;
+    let (r, reports, served) =
+        probe_with_helpers(&s, "probe_timeout = \"5s\"\nprobe_concurrency = 2").await;
+    assert_eq!(r.code, 1, "{r:?}");
+    for (name, want) in &expected {
+        let rep = &reports[name];
+        let got = match rep["failure"]["code"].as_str() {
+            Some(code) => code.to_string(),
+            None => rep["facts"]["entries"].as_str().unwrap().to_string(),
+        };
+        assert_eq!(&got, want, "{name}: {rep:#}");
+    }
+    // Logon and share refusals end in the agent's own session; the 12 others reach a helper.
+    assert_eq!(served.len(), 12, "{served:?}\n{r:?}");
+    let pids: std::collections::BTreeSet<u64> = served.iter().map(|(p, _)| *p).collect();
+    assert!(
+        pids.len() <= 2,
+        "{} helpers for 12 requests at probe_concurrency 2: {served:?}",
+        pids.len()
+    );
+    assert!(!r.stdout.contains(PASSWORD) && !r.stderr.contains(PASSWORD));
+}
+
+#[tokio::test]
+async fn a_helper_killed_at_the_deadline_is_not_reused() {
+    servers();
+    let port = swallowing_proxy(1).await;
+    let mut config = source("a-hung", port, "/share", USER, PASSWORD);
+    for i in 0..3 {
+        config.push_str(&source(
+            &format!("good{i}"),
+            STRICT_PORT,
+            "/share",
+            USER,
+            PASSWORD,
+        ));
+    }
+    let s = Setup::new(&config).await;
+    // One probe at a time: the hung one's helper would be the next one's if it were pooled.
+    let (r, reports, served) =
+        probe_with_helpers(&s, "probe_timeout = \"3s\"\nprobe_concurrency = 1").await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        reports["a-hung"]["failure"]["code"], "PROBE_TIMEOUT",
+        "{r:?}"
+    );
+    for i in 0..3 {
+        let rep = &reports[&format!("good{i}")];
+        assert_eq!(rep["failure"], Value::Null, "{rep:#}");
+        assert_eq!(rep["facts"]["entries"], "2", "{rep:#}");
+    }
+    let hung_url = format!("smb://127.0.0.1:{port}");
+    let hung: Vec<u64> = served
+        .iter()
+        .filter(|(_, s)| *s == hung_url)
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(hung.len(), 1, "{served:?}");
+    let good: Vec<u64> = served
+        .iter()
+        .filter(|(_, s)| *s != hung_url)
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(good.len(), 3, "{served:?}");
+    assert!(
+        !good.contains(&hung[0]),
+        "the killed helper served again: {served:?}"
+    );
+}
+
+/// A request line for the helper binary.
+fn helper_request(id: u64, user: &str, password: &str, path: &str) -> String {
+    serde_json::json!({
+        "server": format!("smb://127.0.0.1:{STRICT_PORT}"),
+        "share": "/share",
+        "path": path,
+        "username": user,
+        "password": password,
+        "workgroup": "WORKGROUP",
+        "timeout_ms": 5000,
+        "id": id,
+    })
+    .to_string()
+        + "\n"
+}
+
+/// One helper process, several requests on its stdin: each is answered with fresh
+/// libsmbclient state. A wrong password after a good one for the same user and server must be
+/// refused (a reused context would hand it the good one's cached connection), and a good one
+/// after it must pass again.
+#[tokio::test]
+async fn one_helper_answers_each_request_with_its_own_credentials() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    servers();
+    let home = tempfile::Builder::new()
+        .prefix("hbr-smb-")
+        .tempdir()
+        .unwrap();
+    std::fs::create_dir(home.path().join(".smb")).unwrap();
+    let h = home.path().display();
+    std::fs::write(
+        home.path().join(".smb/smb.conf"),
+        format!(
+            "[global]\n\tclient min protocol = SMB2_02\n\tclient max protocol = SMB3\n\
+             \tname resolve order = host\n\tlock directory = {h}\n\tstate directory = {h}\n\
+             \tcache directory = {h}\n\tprivate dir = {h}\n\tncalrpc dir = {h}/ncalrpc\n"
+        ),
+    )
+    .unwrap();
+    let mut helper = tokio::process::Command::new(env!("CARGO_BIN_EXE_hbr-source-agent-smb-probe"))
+        .env_clear()
+        .env("HOME", home.path())
+        .current_dir(home.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = helper.stdin.take().unwrap();
+    let mut lines = tokio::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let cases = [
+        (USER, PASSWORD, "/", "share+ path+ list+"),
+        (USER, "not-it", "/", "share- logon-"),
+        (USER, PASSWORD, "/sub", "share+ path+ list+"),
+        (OTHER_USER, OTHER_PASSWORD, "/", "share-"),
+        (USER, PASSWORD, "/none", "share+ path-"),
+        (USER, PASSWORD, "/", "share+ path+ list+"),
+    ];
+    for (i, (user, password, path, want)) in cases.iter().enumerate() {
+        let id = i as u64 + 1;
+        stdin
+            .write_all(helper_request(id, user, password, path).as_bytes())
+            .await
+            .unwrap();
+        let mut steps = Vec::new();
+        loop {
+            let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+                .await
+                .expect("the helper answers")
+                .unwrap()
+                .expect("the helper still runs");
+            if line == format!("hbr-smb-done {id}") {
+                break;
+            }
+            if let Some(json) = line.strip_prefix("hbr-smb-step ") {
+                let step: Value = serde_json::from_str(json).unwrap();
+                steps.push(format!(
+                    "{}{}",
+                    step["name"].as_str().unwrap(),
+                    if step["ok"] == true { "+" } else { "-" }
+                ));
+            }
+        }
+        // smbother logs on but [share] refuses it: either step may say so.
+        let got = steps.join(" ");
+        if *user == OTHER_USER {
+            assert!(got.starts_with("share-"), "request {id} ({user}): {got}");
+        } else {
+            assert_eq!(got, *want, "request {id} ({user}, {path})");
+        }
+    }
+    // At EOF the helper exits by itself and removes its home.
+    drop(stdin);
+    let status = tokio::time::timeout(Duration::from_secs(10), helper.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!home.path().exists(), "the helper left its home behind");
+}

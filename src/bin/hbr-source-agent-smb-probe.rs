@@ -1,4 +1,4 @@
-//! `hbr-source-agent-smb-probe`: the SMB probe's child process, which runs libsmbclient
+//! `hbr-source-agent-smb-probe`: the SMB probe's helper process, which runs libsmbclient
 //! through pavao. Installed as `/usr/libexec/hbr-source-agent/hbr-source-agent-smb-probe`; the
 //! agent looks next to its own executable first (a build tree), then there.
 //!
@@ -9,20 +9,30 @@
 //!
 //! libsmbclient blocks, and pavao serialises every call in a process behind one lock, so a
 //! server that hangs mid-session would stall every other SMB probe of a daemon that called it
-//! directly. Here each probe has its own process, which the agent kills at the probe deadline.
+//! directly. Here each probe has a process to itself while it runs, which the agent kills at the
+//! probe deadline.
 //!
-//! Protocol: one [`Request`] as JSON on stdin (the password never travels in argv or the
+//! Protocol: one [`Request`] per line as JSON on stdin (the password never travels in argv or the
 //! environment), then one [`Step`] per line on stdout, each prefixed with [`MARK`] (libsmbclient
-//! may write debug text to stdout too). The steps run in the order of [`StepName`] and stop at
-//! the first failure; the agent maps them to layers and codes.
+//! may write debug text to stdout too), then [`DONE`] with the request's id. The steps run in the
+//! order of [`StepName`] and stop at the first failure; the agent maps them to layers and codes.
+//!
+//! A helper serves requests one after another, so that a pass with many SMB sources pays the
+//! dynamic loader once per helper instead of once per probe. Each request gets fresh libsmbclient
+//! contexts, freed (connections closed, credentials forgotten) before [`DONE`]: nothing of one
+//! request's session reaches the next. The helper exits at EOF on stdin and by itself after
+//! [`IDLE_EXIT`] without a request, removing its private `HOME`.
 
-use std::io::{Read as _, Write as _};
+use std::io::{BufRead as _, Write as _};
 use std::process::ExitCode;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pavao::{SmbClient, SmbCredentials, SmbDialect, SmbError, SmbOptions};
 
-use hbr_source_agent::probe::smb::protocol::{MARK, Request, Step, StepName, libc_errno};
+use hbr_source_agent::probe::smb::protocol::{
+    DONE, HOME_PREFIX, IDLE_EXIT, MARK, Request, Step, StepName, libc_errno,
+};
 
 /// One fixed pair of protocol bounds for every client (pavao requires identical bounds for
 /// all live clients); the same range the agent's own NEGOTIATE offers.
@@ -30,26 +40,68 @@ const MIN_PROTOCOL: SmbDialect = SmbDialect::Smb202;
 const MAX_PROTOCOL: SmbDialect = SmbDialect::Smb311;
 
 fn main() -> ExitCode {
-    let mut input = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut input) {
-        eprintln!("hbr-source-agent-smb-probe: cannot read the request: {e}");
-        return ExitCode::from(2);
-    }
-    let req: Request = match serde_json::from_str(&input) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("hbr-source-agent-smb-probe: bad request: {e}");
-            return ExitCode::from(2);
+    // Lines come through a thread so that the wait for the next one can time out.
+    let (tx, rx) = mpsc::sync_channel::<std::io::Result<String>>(1);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let stop = line.is_err();
+            if tx.send(line).is_err() || stop {
+                return;
+            }
         }
-    };
-    drop(input);
-    run(&req, &mut |step| {
-        let mut out = std::io::stdout().lock();
-        let line = serde_json::to_string(step).expect("a step serialises");
-        let _ = writeln!(out, "{MARK}{line}");
-        let _ = out.flush();
     });
-    ExitCode::SUCCESS
+    let code = serve(&rx);
+    remove_home();
+    code
+}
+
+fn serve(rx: &mpsc::Receiver<std::io::Result<String>>) -> ExitCode {
+    loop {
+        let line = match rx.recv_timeout(IDLE_EXIT) {
+            Ok(Ok(line)) => line,
+            Ok(Err(e)) => {
+                eprintln!("hbr-source-agent-smb-probe: cannot read the request: {e}");
+                return ExitCode::from(2);
+            }
+            // EOF (the agent let go of it) or idle for too long.
+            Err(_) => return ExitCode::SUCCESS,
+        };
+        let req: Request = match serde_json::from_str(&line) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("hbr-source-agent-smb-probe: bad request: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        drop(line);
+        // `run` owns every libsmbclient context of this request and frees them on return.
+        run(&req, &mut |step| {
+            let line = serde_json::to_string(step).expect("a step serialises");
+            emit(&format!("{MARK}{line}"));
+        });
+        emit(&format!("{DONE}{}", req.id));
+    }
+}
+
+fn emit(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The agent made `HOME` a private temporary directory for this helper; when the helper ends by
+/// itself (idle, or the agent exited) nobody else removes it.
+fn remove_home() {
+    let Some(home) = std::env::var_os("HOME").map(std::path::PathBuf::from) else {
+        return;
+    };
+    let ours = home
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(HOME_PREFIX))
+        && home.join(".smb").join("smb.conf").is_file();
+    if ours {
+        let _ = std::fs::remove_dir_all(&home);
+    }
 }
 
 fn client(req: &Request, share: &str, password: &str) -> Result<SmbClient, SmbError> {

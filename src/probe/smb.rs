@@ -8,7 +8,9 @@
 //! own signed TREE_CONNECT to the share (its NT status again), and `stat` and listing of the path
 //! through libsmbclient (pavao) in a child process (the binary `hbr-source-agent-smb-probe`, see
 //! [`protocol`]), killed at the probe deadline so that a server that hangs mid-session costs only
-//! this probe's time and SMB probes run in parallel (docs/smb.md). libsmbclient's errno only has to
+//! this probe's time and SMB probes run in parallel (docs/smb.md). Helpers that answered cleanly
+//! wait in a small pool for the next probe (fresh libsmbclient state per request), so a pass
+//! pays libsmbclient's dynamic loader once per concurrently used helper, not once per probe. libsmbclient's errno only has to
 //! tell a missing path from a refused one, since logon and share were settled before.
 //!
 //! Every address in `servers` is probed at once, and each must pass.
@@ -20,6 +22,9 @@ mod session;
 use std::fmt;
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::{Deserialize, Serialize};
@@ -40,11 +45,27 @@ pub const CHILD_INSTALLED: &str = "/usr/libexec/hbr-source-agent/hbr-source-agen
 /// The child's side of the protocol below, for `src/bin/hbr-source-agent-smb-probe.rs`.
 #[doc(hidden)]
 pub mod protocol {
-    pub use super::{MARK, Request, Step, StepName, libc_errno};
+    pub use super::{DONE, HOME_PREFIX, IDLE_EXIT, MARK, Request, Step, StepName, libc_errno};
 }
 
 /// Prefix of the child's result lines on stdout.
 pub const MARK: &str = "hbr-smb-step ";
+
+/// Prefix of the child's last line for a request, followed by the request's id.
+pub const DONE: &str = "hbr-smb-done ";
+
+/// A helper with no request for this long exits by itself, so none lingers on an idle daemon.
+pub const IDLE_EXIT: Duration = Duration::from_secs(10);
+
+/// The agent keeps an idle helper for at most this long: shorter than [`IDLE_EXIT`], so a
+/// helper taken from the pool has not just decided to exit.
+const POOL_IDLE: Duration = Duration::from_secs(8);
+
+/// At most this many idle helpers wait in the pool; more are retired.
+const POOL_MAX_IDLE: usize = 16;
+
+/// The name prefix of each helper's private `HOME` (a temporary directory).
+pub const HOME_PREFIX: &str = "hbr-smb-";
 
 /// The request to the child, as JSON on its stdin.
 #[derive(Serialize, Deserialize)]
@@ -60,6 +81,9 @@ pub struct Request {
     pub workgroup: String,
     /// libsmbclient's per-operation timeout: the probe's time left.
     pub timeout_ms: u64,
+    /// Echoed in the [`DONE`] line, so an answer can only end its own request.
+    #[serde(default)]
+    pub id: u64,
 }
 
 impl fmt::Debug for Request {
@@ -71,6 +95,7 @@ impl fmt::Debug for Request {
             .field("username", &self.username)
             .field("password", &"***")
             .field("workgroup", &self.workgroup)
+            .field("id", &self.id)
             .finish()
     }
 }
@@ -290,8 +315,9 @@ async fn probe_server(
         password: password.expose().to_owned(),
         workgroup,
         timeout_ms: rec.remaining().as_millis() as u64,
+        id: 0,
     };
-    run_child(rec, &req, share, path).await
+    run_child(rec, req, share, path).await
 }
 
 /// This host's name as a NetBIOS workstation name (the first label, upper case, at most 15
@@ -622,14 +648,67 @@ fn child_binary() -> Result<std::path::PathBuf, Failed> {
     )))
 }
 
-async fn run_child(
-    rec: &mut Recorder,
-    req: &Request,
-    share: &str,
-    path: &str,
-) -> Result<(), Failed> {
+/// A running helper process, between or during requests. Dropping it kills the process
+/// (`kill_on_drop`) and removes its private `HOME`.
+struct Helper {
+    child: tokio::process::Child,
+    pid: u32,
+    stdin: tokio::process::ChildStdin,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    /// The last line the helper wrote to stderr, kept by a task that drains the pipe.
+    stderr_last: Arc<Mutex<String>>,
+    stderr_task: tokio::task::JoinHandle<()>,
+    idle_since: Instant,
+    served: u64,
+    _home: tempfile::TempDir,
+}
+
+/// Idle helpers, most recently used last.
+static POOL: Mutex<Vec<Helper>> = Mutex::new(Vec::new());
+
+/// Take the most recently used idle helper that is still fit, retiring those that idled too
+/// long or exited.
+fn take_idle() -> Option<Helper> {
+    let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+    while let Some(mut h) = pool.pop() {
+        if h.idle_since.elapsed() < POOL_IDLE && matches!(h.child.try_wait(), Ok(None)) {
+            return Some(h);
+        }
+    }
+    None
+}
+
+/// Return a helper that answered its request cleanly; retire idle ones later.
+fn put_back(mut h: Helper) {
+    h.idle_since = Instant::now();
+    {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if pool.len() >= POOL_MAX_IDLE {
+            return;
+        }
+        pool.push(h);
+    }
+    // Without a later probe to take them, helpers past POOL_IDLE are retired here (a dropped
+    // child is killed and reaped by tokio), so an idle daemon keeps none.
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        rt.spawn(async {
+            tokio::time::sleep(POOL_IDLE).await;
+            let stale: Vec<Helper> = {
+                let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+                let (keep, stale) = std::mem::take(&mut *pool)
+                    .into_iter()
+                    .partition(|h| h.idle_since.elapsed() < POOL_IDLE);
+                *pool = keep;
+                stale
+            };
+            drop(stale);
+        });
+    }
+}
+
+fn spawn_helper() -> Result<Helper, Failed> {
     let home = tempfile::Builder::new()
-        .prefix("hbr-smb-")
+        .prefix(HOME_PREFIX)
         .tempdir()
         .map_err(|e| client_error(format!("cannot create the SMB client's home: {e}")))?;
     let conf_dir = home.path().join(".smb");
@@ -647,52 +726,212 @@ async fn run_child(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| client_error(format!("cannot start the SMB client process: {e}")))?;
-    let body = serde_json::to_vec(req).expect("the request serialises");
-    let mut stdin = child.stdin.take().expect("piped");
-    // Writing 1 KiB to a fresh pipe cannot block, but keep it under the deadline anyway.
-    rec.within("the SMB client process", async {
-        let _ = stdin.write_all(&body).await;
-        drop(stdin);
-    })
-    .await?;
-    drop(body);
-    let mut stderr = child.stderr.take().expect("piped");
-    let stderr_tail = tokio::spawn(async move {
-        let mut all = Vec::new();
-        let _ = (&mut stderr).take(64 * 1024).read_to_end(&mut all).await;
-        String::from_utf8_lossy(&all).into_owned()
+    let pid = child.id().unwrap_or(0);
+    tracing::debug!(pid, "SMB helper started");
+    let stdin = child.stdin.take().expect("piped");
+    let lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let stderr = child.stderr.take().expect("piped");
+    let stderr_last = Arc::new(Mutex::new(String::new()));
+    let last = Arc::clone(&stderr_last);
+    let stderr_task = tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            if !line.trim().is_empty() {
+                *last.lock().unwrap_or_else(|e| e.into_inner()) = line;
+            }
+        }
     });
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let mut due = format!(
+    Ok(Helper {
+        child,
+        pid,
+        stdin,
+        lines,
+        stderr_last,
+        stderr_task,
+        idle_since: Instant::now(),
+        served: 0,
+        _home: home,
+    })
+}
+
+/// How one request to a helper went.
+enum Exchange {
+    /// The probe's result; `clean` when the helper answered to the end and may serve again.
+    Answered {
+        result: Result<(), Failed>,
+        clean: bool,
+    },
+    /// The helper was gone before it wrote anything for this request (EOF or a broken pipe).
+    Gone,
+}
+
+/// The libsmbclient part of the probe through a helper: an idle one from the pool, or a new one.
+/// A pooled helper found gone before it answered is replaced once by a new one; a helper that
+/// did not answer cleanly (deadline, error, unreadable output) is killed, never reused.
+async fn run_child(
+    rec: &mut Recorder,
+    mut req: Request,
+    share: &str,
+    path: &str,
+) -> Result<(), Failed> {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+    req.id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    let mut req_line = serde_json::to_string(&req).expect("the request serialises");
+    req_line.push('\n');
+    let pooled = take_idle();
+    let was_pooled = pooled.is_some();
+    let mut helper = match pooled {
+        Some(h) => h,
+        None => spawn_helper()?,
+    };
+    match exchange(rec, &mut helper, &req, &req_line, share, path).await {
+        Exchange::Answered { result, clean } => {
+            if clean {
+                put_back(helper);
+            }
+            return result;
+        }
+        Exchange::Gone if was_pooled => {
+            tracing::debug!(pid = helper.pid, "SMB helper had exited; starting another");
+        }
+        Exchange::Gone => return Err(ended(rec, helper, &first_due(&req, share)).await),
+    }
+    drop(helper);
+    let mut helper = spawn_helper()?;
+    match exchange(rec, &mut helper, &req, &req_line, share, path).await {
+        Exchange::Answered { result, clean } => {
+            if clean {
+                put_back(helper);
+            }
+            result
+        }
+        Exchange::Gone => Err(ended(rec, helper, &first_due(&req, share)).await),
+    }
+}
+
+fn first_due(req: &Request, share: &str) -> String {
+    format!(
         "the SMB session setup as {} and tree connect to {share}",
         req.username
+    )
+}
+
+/// One request and its answer. Never reads past this request's [`DONE`] line.
+async fn exchange(
+    rec: &mut Recorder,
+    helper: &mut Helper,
+    req: &Request,
+    req_line: &str,
+    share: &str,
+    path: &str,
+) -> Exchange {
+    let id = req.id;
+    helper.served += 1;
+    tracing::debug!(
+        pid = helper.pid,
+        request = id,
+        served = helper.served,
+        server = %req.server,
+        "SMB helper serves a probe"
     );
-    loop {
-        let step = match rec.within(&due, lines.next_line()).await? {
-            Ok(Some(line)) => match line.strip_prefix(MARK) {
-                Some(json) => serde_json::from_str::<Step>(json).map_err(|e| {
-                    client_error(format!("unreadable answer from the SMB client: {e}"))
-                })?,
-                // libsmbclient's own chatter.
-                None => continue,
+    let failed = |result| Exchange::Answered {
+        result: Err(result),
+        clean: false,
+    };
+    // A pipe with room for the request cannot block, but keep it under the deadline anyway.
+    let sent = rec
+        .within("the SMB client process", async {
+            helper.stdin.write_all(req_line.as_bytes()).await?;
+            helper.stdin.flush().await
+        })
+        .await;
+    match sent {
+        Err(f) => return failed(f),
+        Ok(Err(_)) => return Exchange::Gone,
+        Ok(Ok(())) => {}
+    }
+    let mut due = first_due(req, share);
+    let mut said_anything = false;
+    let done_line = format!("{DONE}{id}");
+    let outcome = loop {
+        let line = match rec.within(&due, helper.lines.next_line()).await {
+            Err(f) => return failed(f),
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None) | Err(_)) if !said_anything => return Exchange::Gone,
+            Ok(Ok(None) | Err(_)) => return failed(ended_in_place(rec, helper, &due).await),
+        };
+        said_anything = true;
+        let step = match line.strip_prefix(MARK) {
+            Some(json) => match serde_json::from_str::<Step>(json) {
+                Ok(step) => step,
+                Err(e) => {
+                    return failed(client_error(format!(
+                        "unreadable answer from the SMB client: {e}"
+                    )));
+                }
             },
-            Ok(None) | Err(_) => {
-                let status = rec.within(&due, child.wait()).await?;
-                let tail = rec.within(&due, stderr_tail).await?.unwrap_or_default();
-                let last = tail.lines().last().unwrap_or("no output").to_owned();
-                return Err(client_error(format!(
-                    "the SMB client process ended during {due} ({}): {last}",
-                    status
-                        .map(|s| s.to_string())
-                        .unwrap_or_else(|e| e.to_string())
+            None if line.starts_with(DONE) => {
+                return failed(client_error(format!(
+                    "the SMB client process ended its answer during {due} without a result"
                 )));
             }
+            // libsmbclient's own chatter.
+            None => continue,
         };
-        match on_step(rec, req, share, path, &step)? {
-            Some(next) => due = next,
-            None => return Ok(()),
+        match on_step(rec, req, share, path, &step) {
+            Ok(Some(next)) => due = next,
+            Ok(None) => break Ok(()),
+            Err(f) => break Err(f),
         }
+    };
+    // The result is settled; the helper may serve again once it says it is done. Waiting for
+    // that is bounded by the deadline but never turns the result into a timeout.
+    let deadline = tokio::time::Instant::from_std(rec.deadline);
+    let clean = loop {
+        match tokio::time::timeout_at(deadline, helper.lines.next_line()).await {
+            Ok(Ok(Some(line))) if line == done_line => break true,
+            Ok(Ok(Some(line))) if line.starts_with(MARK) || line.starts_with(DONE) => break false,
+            Ok(Ok(Some(_))) => continue,
+            _ => break false,
+        }
+    };
+    Exchange::Answered {
+        result: outcome,
+        clean,
     }
+}
+
+/// The failure for a helper whose output ended during `due`, quoting its exit status and the
+/// last thing it wrote to stderr.
+async fn ended_in_place(rec: &Recorder, helper: &mut Helper, due: &str) -> Failed {
+    let status = match rec.within(due, helper.child.wait()).await {
+        Ok(s) => s,
+        Err(f) => return f,
+    };
+    // The stderr pipe ends with the process; its last line explains the exit.
+    if let Err(f) = rec.within(due, &mut helper.stderr_task).await {
+        return f;
+    }
+    let tail = helper
+        .stderr_last
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let last = if tail.is_empty() {
+        "no output".to_owned()
+    } else {
+        tail
+    };
+    client_error(format!(
+        "the SMB client process ended during {due} ({}): {last}",
+        status
+            .map(|s| s.to_string())
+            .unwrap_or_else(|e| e.to_string())
+    ))
+}
+
+async fn ended(rec: &Recorder, mut helper: Helper, due: &str) -> Failed {
+    ended_in_place(rec, &mut helper, due).await
 }
 
 fn is_no_share(errno: i32) -> bool {
@@ -878,6 +1117,7 @@ mod tests {
             password: "hunter2".into(),
             workgroup: "W".into(),
             timeout_ms: 1,
+            id: 1,
         };
         assert!(!format!("{r:?}").contains("hunter2"));
     }
