@@ -104,6 +104,82 @@ pub struct Recorder {
     budget: Duration,
 }
 
+/// Every server of a source at once (nas over NFS or SMB, cpfs), each with a recorder of its
+/// own under the source's deadline, so one hung server costs no more than the deadline and the
+/// others still report. Every one must pass, since HBR may mount through any of them. Layers,
+/// facts and warnings name their server; the failure is the first server's, naming the others.
+pub(crate) async fn every_server<'a, F, Fut>(
+    servers: &'a [crate::config::HostPort],
+    rec: &mut Recorder,
+    probe_one: F,
+) -> Result<(), Failed>
+where
+    F: Fn(&'a crate::config::HostPort, Recorder) -> Fut,
+    Fut: std::future::Future<Output = (Recorder, Result<(), Failed>)>,
+{
+    let runs = servers.iter().map(|server| {
+        let sub = Recorder {
+            layers: Vec::new(),
+            warnings: Vec::new(),
+            facts: BTreeMap::new(),
+            current: None,
+            deadline: rec.deadline,
+            budget: rec.budget,
+        };
+        let run = probe_one(server, sub);
+        async move {
+            let (mut sub, result) = run.await;
+            match &result {
+                Err(Failed(f)) => sub.fail(f),
+                Ok(()) => sub.pass(""),
+            }
+            (server, sub, result)
+        }
+    });
+    let done = futures::future::join_all(runs).await;
+    let mut failures = Vec::new();
+    for (server, sub, result) in done {
+        for l in sub.layers {
+            rec.layers.push(LayerReport {
+                detail: format!("{server}: {}", l.detail),
+                ..l
+            });
+        }
+        for (k, v) in sub.facts {
+            rec.fact(format!("{server} {k}"), v);
+        }
+        for w in sub.warnings {
+            rec.warn(w.code, format!("{server}: {}", w.reason));
+        }
+        match result {
+            Ok(()) => rec.fact(format!("{server} result"), "passed"),
+            Err(Failed(f)) => {
+                rec.fact(format!("{server} result"), format!("FAIL {}", f.code));
+                failures.push((server, f));
+            }
+        }
+    }
+    let Some(((server, f), rest)) = failures.split_first() else {
+        return Ok(());
+    };
+    let mut reason = format!("{server}: {}", f.reason);
+    if !rest.is_empty() {
+        let others: Vec<String> = rest
+            .iter()
+            .map(|(s, f)| format!("{s}: {}", f.code))
+            .collect();
+        reason.push_str(&format!(" (also failed: {})", others.join(", ")));
+    }
+    let passed = servers.len() - failures.len();
+    if passed > 0 {
+        reason.push_str(&format!(
+            "; {passed} of {} servers passed, but HBR may mount through any of them",
+            servers.len()
+        ));
+    }
+    Err(Failed::new(f.code, reason))
+}
+
 /// A probe's failure: the code and one-line reason (the layer is the one that was running).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Failed(pub Finding);

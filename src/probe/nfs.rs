@@ -30,7 +30,7 @@ use nfs3_client::tokio::TokioIo;
 use nfs3_client::{MountClient, MountError, Nfs3Client, PortmapError, PortmapperClient, RpcError};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{Code, Failed, Finding, Layer, LayerReport, Recorder, net};
+use super::{Code, Failed, Finding, Layer, Recorder, net};
 use crate::config::defaults::NFS_PORT;
 use crate::config::{CpfsSpec, HostPort, NasSpec};
 
@@ -90,70 +90,11 @@ async fn probe_servers(
     if let [server] = servers {
         return probe_server(server, share, opts, rec).await;
     }
-    // Each server gets its own recorder under the source's deadline, so one hung server costs
-    // no more than the deadline and the others still report.
-    let (deadline, budget) = (rec.deadline, rec.budget);
-    let runs = servers.iter().map(|server| async move {
-        let mut sub = Recorder {
-            layers: Vec::new(),
-            warnings: Vec::new(),
-            facts: std::collections::BTreeMap::new(),
-            current: None,
-            deadline,
-            budget,
-        };
+    super::every_server(servers, rec, |server, mut sub| async move {
         let result = probe_server(server, share, opts, &mut sub).await;
-        if let Err(Failed(f)) = &result {
-            sub.fail(f);
-        } else {
-            sub.pass("");
-        }
-        (server, sub, result)
-    });
-    let done = futures::future::join_all(runs).await;
-    let mut failures = Vec::new();
-    for (server, sub, result) in done {
-        for l in sub.layers {
-            rec.layers.push(LayerReport {
-                detail: format!("{server}: {}", l.detail),
-                ..l
-            });
-        }
-        for (k, v) in sub.facts {
-            rec.fact(format!("{server} {k}"), v);
-        }
-        for w in sub.warnings {
-            rec.warn(w.code, format!("{server}: {}", w.reason));
-        }
-        match result {
-            Ok(()) => rec.fact(format!("{server} result"), "passed"),
-            Err(Failed(f)) => {
-                rec.fact(format!("{server} result"), format!("FAIL {}", f.code));
-                failures.push((server, f));
-            }
-        }
-    }
-    match failures.as_slice() {
-        [] => Ok(()),
-        [(server, f), rest @ ..] => {
-            let mut reason = format!("{server}: {}", f.reason);
-            if !rest.is_empty() {
-                let others: Vec<String> = rest
-                    .iter()
-                    .map(|(s, f)| format!("{s}: {}", f.code))
-                    .collect();
-                reason.push_str(&format!(" (also failed: {})", others.join(", ")));
-            }
-            let passed = servers.len() - failures.len();
-            if passed > 0 {
-                reason.push_str(&format!(
-                    "; {passed} of {} servers passed, but HBR may mount through any of them",
-                    servers.len()
-                ));
-            }
-            Err(Failed::new(f.code, reason))
-        }
-    }
+        (sub, result)
+    })
+    .await
 }
 
 /// A connection's source port as the server sees it.

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::TcpStream;
 
-use super::{Code, Failed, Layer, LayerReport, Recorder, net};
+use super::{Code, Failed, Layer, Recorder, net};
 use crate::config::{HostPort, NasSpec};
 use crate::secret::Secret;
 
@@ -140,9 +140,7 @@ pub async fn probe(spec: &NasSpec, rec: &mut Recorder) -> Result<(), Failed> {
     }
 }
 
-/// Every server at once, each with its own recorder under the source's deadline (one hung
-/// server costs no more than the deadline, the others still report); every one must pass,
-/// since HBR may mount the share through any of them. Facts and layers name their server.
+/// Every server at once; each must pass ([`super::every_server`]).
 async fn probe_servers(
     spec: &NasSpec,
     servers: &[HostPort],
@@ -150,66 +148,11 @@ async fn probe_servers(
     path: &str,
     rec: &mut Recorder,
 ) -> Result<(), Failed> {
-    let (deadline, budget) = (rec.deadline, rec.budget);
-    let runs = servers.iter().map(|server| async move {
-        let mut sub = Recorder {
-            layers: Vec::new(),
-            warnings: Vec::new(),
-            facts: std::collections::BTreeMap::new(),
-            current: None,
-            deadline,
-            budget,
-        };
+    super::every_server(servers, rec, |server, mut sub| async move {
         let result = probe_server(spec, server, share, path, &mut sub).await;
-        if let Err(Failed(f)) = &result {
-            sub.fail(f);
-        } else {
-            sub.pass("");
-        }
-        (server, sub, result)
-    });
-    let done = futures::future::join_all(runs).await;
-    let mut failures = Vec::new();
-    for (server, sub, result) in done {
-        for l in sub.layers {
-            rec.layers.push(LayerReport {
-                detail: format!("{server}: {}", l.detail),
-                ..l
-            });
-        }
-        for (k, v) in sub.facts {
-            rec.fact(format!("{server} {k}"), v);
-        }
-        for w in sub.warnings {
-            rec.warn(w.code, format!("{server}: {}", w.reason));
-        }
-        match result {
-            Ok(()) => rec.fact(format!("{server} result"), "passed"),
-            Err(Failed(f)) => {
-                rec.fact(format!("{server} result"), format!("FAIL {}", f.code));
-                failures.push((server, f));
-            }
-        }
-    }
-    let Some(((server, f), rest)) = failures.split_first() else {
-        return Ok(());
-    };
-    let mut reason = format!("{server}: {}", f.reason);
-    if !rest.is_empty() {
-        let others: Vec<String> = rest
-            .iter()
-            .map(|(s, f)| format!("{s}: {}", f.code))
-            .collect();
-        reason.push_str(&format!(" (also failed: {})", others.join(", ")));
-    }
-    let passed = servers.len() - failures.len();
-    if passed > 0 {
-        reason.push_str(&format!(
-            "; {passed} of {} servers passed, but HBR may mount through any of them",
-            servers.len()
-        ));
-    }
-    Err(Failed::new(f.code, reason))
+        (sub, result)
+    })
+    .await
 }
 
 async fn probe_server(
