@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::fake_hbr::StoredClient;
-use common::{CLUSTER, Run, Setup};
+use common::{CLUSTER, Run, Setup, as_nobody};
 use hbr_source_agent::fleet::owner;
 
 const MEMBERS: [&str; 3] = ["c-000aaa", "c-000bbb", "c-000ccc"];
@@ -497,24 +497,6 @@ async fn etcd_unreachable_fails_the_pass_without_writing() {
 }
 
 // ---- PARTIAL_REACHABILITY (strict mode) ----
-
-/// `agent_for(cfg)` as user and group nobody: the per-host difference is what that user may
-/// read, as on hosts where the agent's user lacks access to a mount that root has.
-fn as_nobody(agent: tokio::process::Command) -> tokio::process::Command {
-    let std = agent.as_std();
-    let mut c = tokio::process::Command::new("setpriv");
-    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(std.get_program())
-        .args(std.get_args())
-        .env_clear()
-        .kill_on_drop(true);
-    for (k, v) in std.get_envs() {
-        if let Some(v) = v {
-            c.env(k, v);
-        }
-    }
-    c
-}
 
 fn reach_of(report: &serde_json::Value, name: &str) -> serde_json::Value {
     report["sources"]

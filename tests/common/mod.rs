@@ -80,22 +80,10 @@ impl Setup {
     /// as the service's own user would be: root reads and writes anything.
     pub fn agent_as_nobody(&self) -> tokio::process::Command {
         let agent = self.agent();
-        let std = agent.as_std();
         if !rustix::process::geteuid().is_root() {
             return agent;
         }
-        let mut c = tokio::process::Command::new("setpriv");
-        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-            .arg(std.get_program())
-            .args(std.get_args())
-            .env_clear()
-            .kill_on_drop(true);
-        for (k, v) in std.get_envs() {
-            if let Some(v) = v {
-                c.env(k, v);
-            }
-        }
-        c
+        as_nobody(agent)
     }
 
     pub async fn run(&self, args: &[&str]) -> Run {
@@ -182,4 +170,23 @@ pub fn warning_codes(report: &serde_json::Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `agent` run as user and group nobody (65534) through setpriv, with the same arguments and
+/// environment.
+#[allow(dead_code)]
+pub fn as_nobody(agent: tokio::process::Command) -> tokio::process::Command {
+    let std = agent.as_std();
+    let mut c = tokio::process::Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std.get_program())
+        .args(std.get_args())
+        .env_clear()
+        .kill_on_drop(true);
+    for (k, v) in std.get_envs() {
+        if let Some(v) = v {
+            c.env(k, v);
+        }
+    }
+    c
 }
