@@ -107,9 +107,6 @@ pub enum StepName {
     /// Session setup with the configured credentials, tree connect to a share that cannot
     /// exist (after the share step failed with EACCES).
     Logon,
-    /// Formerly: session setup with a random wrong password. Children no longer send it (the
-    /// agent reads the server's guest flag); kept so that the protocol stays readable.
-    Guest,
     /// Tree connect to the share, stat of its root.
     Share,
     /// Stat of the path inside the share.
@@ -938,9 +935,6 @@ fn on_step(
             step,
             &format!("libsmbclient's session setup as {user}"),
         )),
-        // Older children check guest mapping with a wrong password; the agent's own
-        // SESSION_SETUP reads the server's guest flag instead.
-        (StepName::Guest, _) => Ok(Some(format!("the stat of {path} in {share}"))),
         (StepName::Path, true) if !step.is_dir => Err(Failed::new(
             Code::SMB_PATH_NOT_FOUND,
             format!("{path} in {share} is a file, not a directory"),
