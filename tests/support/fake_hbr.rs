@@ -1546,6 +1546,25 @@ fn update_data_source(st: &mut State, p: &BTreeMap<String, String>) -> Result<Va
     Ok(json!({}))
 }
 
+/// `PageNumber` (from 1, default 1) and `PageSize` (1–99, default 10) of a Describe action,
+/// as HBR documents them: integers written plainly, nothing else.
+fn paging(p: &BTreeMap<String, String>) -> Result<(u64, u64), Reject> {
+    let int = |k: &str, default: u64, lo: u64, hi: u64| -> Result<u64, Reject> {
+        match p.get(k) {
+            None => Ok(default),
+            Some(v) => v
+                .parse::<u64>()
+                .ok()
+                .filter(|n| (lo..=hi).contains(n) && n.to_string() == *v)
+                .ok_or_else(|| invalid(k, &format!("expected an integer from {lo} to {hi}"))),
+        }
+    };
+    Ok((
+        int("PageNumber", 1, 1, u64::from(u32::MAX))?,
+        int("PageSize", 10, 1, 99)?,
+    ))
+}
+
 fn describe_data_sources(st: &State, p: &BTreeMap<String, String>) -> Result<Value, Reject> {
     validate(
         p,
@@ -1558,18 +1577,7 @@ fn describe_data_sources(st: &State, p: &BTreeMap<String, String>) -> Result<Val
             "PageSize",
         ],
     )?;
-    let int = |k: &str, default: u64, lo: u64, hi: u64| -> Result<u64, Reject> {
-        match p.get(k) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (lo..=hi).contains(n) && n.to_string() == *v)
-                .ok_or_else(|| invalid(k, &format!("expected an integer from {lo} to {hi}"))),
-        }
-    };
-    let page_number = int("PageNumber", 1, 1, u64::from(u32::MAX))?;
-    let page_size = int("PageSize", 10, 1, 99)?;
+    let (page_number, page_size) = paging(p)?;
     let matches = |ds: &&StoredDataSource| {
         p.get("ClusterId").is_none_or(|v| ds.cluster_id == *v)
             && p.get("DataSourceId").is_none_or(|v| ds.data_source_id == *v)

@@ -140,18 +140,7 @@ pub(super) fn describe_backup_clients(
     if let Some(v) = p.get("InstanceIds") {
         string_array("InstanceIds", v)?;
     }
-    let int = |k: &str, default: u64, lo: u64, hi: u64| -> Result<u64, Reject> {
-        match p.get(k) {
-            None => Ok(default),
-            Some(v) => v
-                .parse::<u64>()
-                .ok()
-                .filter(|n| (lo..=hi).contains(n) && n.to_string() == *v)
-                .ok_or_else(|| invalid(k, &format!("expected an integer from {lo} to {hi}"))),
-        }
-    };
-    let page_number = int("PageNumber", 1, 1, u64::from(u32::MAX))?;
-    let page_size = int("PageSize", 10, 1, 99)?;
+    let (page_number, page_size) = paging(p)?;
     let all: Vec<&StoredClient> = st
         .clients
         .iter()
